@@ -1,0 +1,211 @@
+"""The registry of pretrained Keras backbones used as feature extractors.
+
+Every entry knows its Keras constructor, native input size, its own
+``preprocess_input`` (the function of its ``keras.applications`` family: feeding
+``x / 255`` to ImageNet weights trained on another scaling is a bug), its
+pooling (global average over the last convolutional block) and its feature
+dimension. Adding a model is one :class:`Backbone` entry in :data:`BACKBONES`.
+
+This module imports Keras lazily, so listing the registry
+(``python -m cxrcluster.models``) needs only the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Preprocessing of each ``keras.applications`` family, in words.
+PREPROCESSING = {
+    "none": "raw 0-255 pixels (rescaling and normalisation are layers inside the model)",
+    "caffe": "RGB to BGR, then ImageNet channel means subtracted (no scaling)",
+    "tf": "scaled to [-1, 1] (x / 127.5 - 1)",
+    "torch": "scaled to [0, 1], then ImageNet channel means subtracted and divided by channel std",
+}
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A pretrained Keras network used without its classifier head.
+
+    Attributes
+    ----------
+    name : str
+        Name used in file names and on the command line (no underscores).
+    constructor : str
+        Attribute of ``keras.applications`` that builds the network.
+    family : str
+        Sub-module of ``keras.applications`` whose ``preprocess_input`` the
+        network was trained with.
+    preprocessing : str
+        Key of :data:`PREPROCESSING`.
+    input_size : int
+        Native square input size in pixels.
+    feature_dim : int
+        Length of the globally average-pooled feature vector.
+    weights_file : str
+        File name of the no-top ImageNet weights in Keras' cache
+        (``$KERAS_HOME/models/``).
+    kwargs : dict
+        Extra constructor arguments (e.g. ``alpha``).
+    """
+
+    name: str
+    constructor: str
+    family: str
+    preprocessing: str
+    input_size: int
+    feature_dim: int
+    weights_file: str
+    kwargs: dict = field(default_factory=dict)
+
+    def preprocess_input(self):
+        """Return the family's ``keras.applications.<family>.preprocess_input``."""
+        import keras
+
+        return getattr(keras.applications, self.family).preprocess_input
+
+
+_T = "_weights_tf_dim_ordering_tf_kernels"
+BACKBONES: dict[str, Backbone] = {b.name: b for b in [
+    Backbone("EfficientNetB0", "EfficientNetB0", "efficientnet", "none", 224, 1280, "efficientnetb0_notop.h5"),
+    Backbone("ResNet50", "ResNet50", "resnet50", "caffe", 224, 2048, f"resnet50{_T}_notop.h5"),
+    Backbone("ResNet152", "ResNet152", "resnet", "caffe", 224, 2048, f"resnet152{_T}_notop.h5"),
+    Backbone("VGG19", "VGG19", "vgg19", "caffe", 224, 512, f"vgg19{_T}_notop.h5"),
+    Backbone("DenseNet121", "DenseNet121", "densenet", "torch", 224, 1024, f"densenet121{_T}_notop.h5"),
+    Backbone("InceptionV3", "InceptionV3", "inception_v3", "tf", 299, 2048, f"inception_v3{_T}_notop.h5"),
+    Backbone("Xception", "Xception", "xception", "tf", 299, 2048, f"xception{_T}_notop.h5"),
+    Backbone("MobileNetV2", "MobileNetV2", "mobilenet_v2", "tf", 224, 1280, f"mobilenet_v2{_T}_1.0_224_no_top.h5"),
+    Backbone("MobileNetV2-0.35", "MobileNetV2", "mobilenet_v2", "tf", 224, 1280,
+             f"mobilenet_v2{_T}_0.35_224_no_top.h5", {"alpha": 0.35}),
+    Backbone("MobileNetV3Large", "MobileNetV3Large", "mobilenet_v3", "none", 224, 960,
+             "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+]}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested weights are neither cached nor downloadable."""
+
+
+def get_backbone(name: str) -> Backbone:
+    """Look a backbone up by name, with a clear error listing the known ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(BACKBONES)}") from None
+
+
+def expand_models(spec: str | list[str]) -> list[str]:
+    """Turn a model list (``"ResNet50 VGG19"``, ``"all"``, or a list) into names.
+
+    Unknown names raise ``KeyError`` naming them and the known ones.
+    """
+    names = spec.replace(",", " ").split() if isinstance(spec, str) else list(spec)
+    if names == ["all"]:
+        return list(BACKBONES)
+    for name in names:
+        get_backbone(name)
+    return names
+
+
+def keras_cache_dir() -> Path:
+    """The folder where Keras caches downloaded weights (``$KERAS_HOME/models``)."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:  # Keras' own rule: ~/.keras, or /tmp/.keras when home is read-only
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    return Path(home) / "models"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
+    """Build a backbone as a feature extractor (no top, global average pooling).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`BACKBONES`.
+    weights : str
+        ``"imagenet"`` (through Keras' download-and-cache, so
+        ``$KERAS_HOME/models`` serves offline copies), ``"none"`` (random
+        initialisation from ``seed``: the features are meaningless and a
+        warning says so), or a path to a Keras weights file for this
+        architecture.
+    seed : int
+        Seed of the random initialisation (it also decides the weights of
+        layers a partial weights file does not cover).
+
+    Returns
+    -------
+    model : keras.Model
+        Maps ``(batch, input_size, input_size, 3)`` preprocessed images to
+        ``(batch, feature_dim)``.
+    provenance : dict
+        ``weights`` (imagenet / none / path), ``weights_file`` and
+        ``weights_sha256`` (None for random weights), ``trained`` (bool).
+
+    Raises
+    ------
+    WeightsUnavailableError
+        When ImageNet weights are neither cached nor downloadable; the message
+        names the file, the cache folder, ``KERAS_HOME`` and ``WEIGHTS=none``.
+    FileNotFoundError
+        When a weights path does not exist.
+    """
+    import keras
+
+    backbone = get_backbone(name)
+    keras.utils.set_random_seed(seed)
+    ctor = getattr(keras.applications, backbone.constructor)
+    shape = (backbone.input_size, backbone.input_size, 3)
+    kwargs = dict(include_top=False, pooling="avg", input_shape=shape, **backbone.kwargs)
+    if weights == "imagenet":
+        cached = keras_cache_dir() / backbone.weights_file
+        try:
+            model = ctor(weights="imagenet", **kwargs)
+        except Exception as exc:  # Keras raises a bare Exception on a failed download
+            if cached.is_file():
+                raise
+            raise WeightsUnavailableError(
+                f"ImageNet weights for {name} are not available: the file {backbone.weights_file!r} is not "
+                f"in Keras' cache folder {str(cached.parent)!r} and could not be downloaded ({exc}). "
+                "Put the file there (the cache folder is $KERAS_HOME/models; set KERAS_HOME to use "
+                "another folder), pass a weights file with WEIGHTS=/path/to/file.h5, or run with "
+                "WEIGHTS=none for random weights (meaningless features, for testing only)."
+            ) from exc
+        provenance = {"weights": "imagenet", "weights_file": str(cached), "weights_sha256": sha256_file(cached),
+                      "trained": True}
+    elif weights in ("none", "None", None, ""):
+        warnings.warn(f"{name} is built with RANDOM weights (WEIGHTS=none): its features are untrained "
+                      "and meaningless for the study; use them to test the pipeline only.", stacklevel=2)
+        model = ctor(weights=None, **kwargs)
+        provenance = {"weights": "none", "weights_file": None, "weights_sha256": None, "trained": False}
+    else:
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {str(path)!r} for {name} does not exist")
+        model = ctor(weights=None, **kwargs)
+        model.load_weights(str(path))
+        provenance = {"weights": "file", "weights_file": str(path), "weights_sha256": sha256_file(path),
+                      "trained": True}
+    return model, provenance
+
+
+def main() -> None:
+    """Print the registered model names, one per line (used by the Makefile)."""
+    print("\n".join(BACKBONES))
+
+
+if __name__ == "__main__":
+    main()

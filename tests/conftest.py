@@ -1,0 +1,43 @@
+"""Shared fixtures: where ../shared is, and an offline Keras cache that points at it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cxrcluster.paths import PROJECT_ROOT
+
+SHARED = Path(os.environ.get("CXR_SHARED", PROJECT_ROOT.parent / "shared"))
+SAMPLE_DIR = SHARED / "data" / "cxr-sample"
+WEIGHTS_MODELS_DIR = SHARED / "weights" / "keras" / "models"
+
+needs_sample = pytest.mark.skipif(not SAMPLE_DIR.is_dir(),
+                                  reason=f"real chest X-ray sample not found at {SAMPLE_DIR} (../shared absent)")
+
+
+HAVE_WEIGHTS = (WEIGHTS_MODELS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5").is_file()
+
+
+def _offline_keras_home() -> str | None:
+    """A scratch KERAS_HOME whose ``models/`` links to the shared weights.
+
+    Keras reads KERAS_HOME once, at import, and writes its ``keras.json`` there;
+    a scratch folder with a link keeps ``../shared`` untouched while weights load
+    through Keras' own cache lookup, exactly as after a download. Set before any
+    test imports Keras.
+    """
+    if not HAVE_WEIGHTS or os.environ.get("KERAS_HOME"):
+        return os.environ.get("KERAS_HOME")
+    home = Path(tempfile.mkdtemp(prefix="keras_home_"))
+    (home / "models").symlink_to(WEIGHTS_MODELS_DIR, target_is_directory=True)
+    os.environ["KERAS_HOME"] = str(home)
+    return str(home)
+
+
+KERAS_HOME = _offline_keras_home()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+needs_weights = pytest.mark.skipif(
+    not HAVE_WEIGHTS, reason=f"MobileNetV2-0.35 ImageNet weights not found in {WEIGHTS_MODELS_DIR} (../shared absent)")
