@@ -23,7 +23,7 @@ def zoo(tmp_path):
 
     save("gray8.png", Image.fromarray(g, "L"))
     save("gray16.png", Image.fromarray(g.astype(np.uint16) * 257))  # full 16-bit range
-    save("gray12in16.png", Image.fromarray((g.astype(np.uint16) * 16)))  # 12-bit values in 16-bit file
+    save("gray12in16.png", Image.fromarray(g.astype(np.uint16) * 16))  # 12-bit values in 16-bit file
     save("rgb.jpg", Image.fromarray(np.dstack([g] * 3), "RGB"), quality=100)
     save("rgba.png", Image.fromarray(np.dstack([g] * 3 + [np.full_like(g, 255)]), "RGBA"))
     save("palette.png", Image.fromarray(g, "L").convert("P"))

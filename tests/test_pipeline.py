@@ -1,0 +1,53 @@
+"""End to end through make, on the real chest X-ray sample of ../shared, with real weights."""
+
+import os
+import subprocess
+
+import pandas as pd
+import pytest
+from conftest import KERAS_HOME, SAMPLE_DIR, needs_sample, needs_weights
+
+from cxrcluster import metrics
+from cxrcluster.paths import PROJECT_ROOT
+
+pytestmark = [pytest.mark.slow, needs_sample, needs_weights]
+
+
+def make(*args, check=True):
+    env = {**os.environ, "KERAS_HOME": KERAS_HOME}
+    proc = subprocess.run(["make", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        pytest.fail(f"make {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
+    out = f"OUT={tmp_path}"
+    make("all", out)  # synthetic demo data, the default
+    demo_rows = len(pd.read_csv(tmp_path / "original_labels.csv"))
+
+    make("all", out, f"DATA_DIR={SAMPLE_DIR}")  # new data: everything re-runs, nothing stale survives
+    labels = pd.read_csv(tmp_path / "original_labels.csv")
+    assert len(labels) == 300 != demo_rows
+    results = pd.read_csv(tmp_path / "clustering_results.csv")
+    assert results["model"].unique().tolist() == ["MobileNetV2-0.35"]
+    assert (results.loc[results["status"] == "ok", "n_images"] == 300).all()
+    kmeans = results.set_index("clustering").loc["KMeans"]
+    print(f"KMeans on the real sample: matched change {kmeans['label_percentage_change']:.1f}%, "
+          f"raw change {kmeans['raw_label_change']:.1f}%, ARI {kmeans['ari']:.3f}, NMI {kmeans['nmi']:.3f}")
+    assert kmeans["status"] == "ok"
+    assert kmeans["label_percentage_change"] < 25
+    assert kmeans["ari"] > 0.4
+    for row in results[results["status"] == "ok"].itertuples():
+        table = pd.read_csv(tmp_path / "clustering_labels" / f"{row.model}_{row.clustering}.csv")
+        assert len(table) == 300
+        # the label CSV and the results table tell the same story
+        recomputed = metrics.matched_label_change(table["label"], table["cluster"])
+        assert recomputed == pytest.approx(row.label_percentage_change)
+        assert 100 * table["changed"].mean() == pytest.approx(row.label_percentage_change)
+    for name in ["label_change_heatmap.png"]:
+        assert (tmp_path / "reports" / "figures" / name).stat().st_size > 1000
+    assert (tmp_path / "reports" / "notebooks" / "03-report.html").is_file()
+
+    dry = make("-n", "all", out, f"DATA_DIR={SAMPLE_DIR}")  # up to date: nothing would run
+    assert "papermill" not in dry.stdout, dry.stdout
