@@ -37,13 +37,16 @@ FEATURES_DIR := $(OUT)/features
 RESULTS_DIR := $(OUT)/results
 LABELS_DIR := $(OUT)/clustering_labels
 RESULTS_CSV := $(OUT)/clustering_results.csv
+DRIFT_CSV := $(OUT)/label_drift.csv
+AUDIT_DIR := $(OUT)/reports/audit
+DUPLICATES_CSV := $(OUT)/reports/duplicates.csv
 FIGURES_DIR := $(OUT)/reports/figures
+INDEX := $(OUT)/reports/index.html
 NB_OUT := $(OUT)/reports/notebooks
 STAMPS := $(OUT)/.make
 
 FEATURES := $(foreach m,$(MODEL_LIST),$(FEATURES_DIR)/$(m).npy)
 MODEL_RESULTS := $(foreach m,$(MODEL_LIST),$(RESULTS_DIR)/$(m).csv)
-HEATMAP := $(FIGURES_DIR)/label_change_heatmap.png
 
 # src/ code each stage calls (the package __init__ imports nothing)
 S := src/cxrcluster
@@ -51,7 +54,8 @@ SRC_BASE := $(S)/__init__.py $(S)/io.py $(S)/paths.py
 SRC_PREPARE := $(SRC_BASE) $(S)/data.py $(S)/demo.py
 SRC_EXTRACT := $(SRC_BASE) $(S)/data.py $(S)/images.py $(S)/models.py $(S)/features.py
 SRC_CLUSTER := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/clustering.py $(S)/metrics.py
-SRC_REPORT := $(SRC_BASE) $(S)/features.py $(S)/figures.py
+SRC_AUDIT := $(SRC_BASE) $(S)/data.py $(S)/audit.py $(S)/figures.py
+SRC_REPORT := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/figures.py $(S)/drift.py
 
 # The demo data is generated when it is the data folder in use.
 DATA_PREREQ := $(if $(filter $(abspath $(DEMO_DIR)),$(abspath $(DATA_DIR))),$(DEMO_MARKER))
@@ -81,7 +85,7 @@ help: ## list the targets and the variables to override
 	@echo "  CONFIG=$(CONFIG) OUT=$(OUT) BATCH_SIZE=$(BATCH_SIZE) WORKERS=$(WORKERS)"
 
 .PHONY: all
-all: $(RESULTS_CSV) $(HEATMAP) ## run the whole pipeline (creates .venv and the demo data if needed)
+all: report ## run the whole pipeline (creates .venv and the demo data if needed)
 
 .PHONY: venv
 venv: $(VENV_OK) ## create .venv with the pinned requirements and the project kernel
@@ -117,17 +121,27 @@ $(LABELS) $(DATASET_JSON) &: notebooks/00-prepare-data.ipynb $(STAMPS)/dataset $
 	$(call papermill,00-prepare-data,00-prepare-data,-r data_dir $(DATA_DIR) -r labels_csv $(LABELS) \
 	    -r dataset_json $(DATASET_JSON) -p make_demo_if_missing False)
 
-# -- 01 and 02, one pair of rules per model --
+# -- 01: the dataset audit, ahead of extraction --
+$(AUDIT_DIR)/confound.json $(DUPLICATES_CSV) &: notebooks/01-audit-data.ipynb $(LABELS) $(DATASET_JSON) \
+    $(STAMPS)/dataset $(SRC_AUDIT) | $(VENV_OK)
+	$(call papermill,01-audit-data,01-audit-data,-r data_dir $(DATA_DIR) -r labels_csv $(LABELS) \
+	    -r dataset_json $(DATASET_JSON) -r audit_dir $(AUDIT_DIR) -r duplicates_csv $(DUPLICATES_CSV) \
+	    -r figures_dir $(FIGURES_DIR))
+
+.PHONY: audit
+audit: $(AUDIT_DIR)/confound.json ## audit the dataset: per-class files, source confound, duplicates
+
+# -- 02 and 03, one pair of rules per model (extraction waits for the audit, but does not depend on it) --
 define model_rules
-$(FEATURES_DIR)/$(1).npy: notebooks/01-extract-features.ipynb $(LABELS) $(STAMPS)/dataset $(STAMPS)/weights \
-    $(SRC_EXTRACT) | $(VENV_OK)
-	$$(call papermill,01-extract-features,01-extract-features-$(1),-r model $(1) -r weights $(WEIGHTS) \
+$(FEATURES_DIR)/$(1).npy: notebooks/02-extract-features.ipynb $(LABELS) $(STAMPS)/dataset $(STAMPS)/weights \
+    $(SRC_EXTRACT) | $(VENV_OK) $(AUDIT_DIR)/confound.json
+	$$(call papermill,02-extract-features,02-extract-features-$(1),-r model $(1) -r weights $(WEIGHTS) \
 	    -r data_dir $(DATA_DIR) -r labels_csv $(LABELS) -r features_dir $(FEATURES_DIR) \
 	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS))
 
-$(RESULTS_DIR)/$(1).csv: notebooks/02-cluster.ipynb $(FEATURES_DIR)/$(1).npy $(LABELS) $(CONFIG) \
+$(RESULTS_DIR)/$(1).csv: notebooks/03-cluster.ipynb $(FEATURES_DIR)/$(1).npy $(LABELS) $(CONFIG) \
     $(SRC_CLUSTER) | $(VENV_OK)
-	$$(call papermill,02-cluster,02-cluster-$(1),-r model $(1) -r labels_csv $(LABELS) \
+	$$(call papermill,03-cluster,03-cluster-$(1),-r model $(1) -r labels_csv $(LABELS) \
 	    -r features_dir $(FEATURES_DIR) -r config $(CONFIG) -r labels_dir $(LABELS_DIR) \
 	    -r results_dir $(RESULTS_DIR))
 endef
@@ -139,12 +153,21 @@ features: $(FEATURES) ## extract the features of every model in MODELS
 .PHONY: cluster
 cluster: $(MODEL_RESULTS) ## cluster every model's features
 
-# -- 03: the report --
-$(RESULTS_CSV) $(HEATMAP) &: notebooks/03-report.ipynb $(MODEL_RESULTS) $(DATASET_JSON) $(STAMPS)/models \
-    $(SRC_REPORT) | $(VENV_OK)
-	$(call papermill,03-report,03-report,-r models "$(MODEL_LIST)" -r results_dir $(RESULTS_DIR) \
-	    -r features_dir $(FEATURES_DIR) -r dataset_json $(DATASET_JSON) -r results_csv $(RESULTS_CSV) \
+# -- 04: the report --
+$(RESULTS_CSV) $(DRIFT_CSV) &: notebooks/04-report.ipynb $(MODEL_RESULTS) $(DATASET_JSON) \
+    $(AUDIT_DIR)/confound.json $(STAMPS)/models $(SRC_REPORT) | $(VENV_OK)
+	$(call papermill,04-report,04-report,-r models "$(MODEL_LIST)" -r data_dir $(DATA_DIR) \
+	    -r labels_csv $(LABELS) -r results_dir $(RESULTS_DIR) -r labels_dir $(LABELS_DIR) \
+	    -r features_dir $(FEATURES_DIR) -r dataset_json $(DATASET_JSON) \
+	    -r confound_json $(AUDIT_DIR)/confound.json -r results_csv $(RESULTS_CSV) -r drift_csv $(DRIFT_CSV) \
 	    -r figures_dir $(FIGURES_DIR))
+
+# The index links every output; it is rebuilt whenever one of the products it links changes.
+$(INDEX): $(RESULTS_CSV) $(DRIFT_CSV) $(DUPLICATES_CSV) $(S)/report.py $(SRC_BASE) | $(VENV_OK)
+	$(PY) -m cxrcluster.report $(OUT)
+
+.PHONY: report
+report: $(INDEX) ## results table, figures, drift, audit and executed notebooks, linked from reports/index.html
 
 # ---- Development ------------------------------------------------------------------------------
 .PHONY: test
@@ -162,7 +185,7 @@ lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel
 
 .PHONY: clean
 clean: ## delete every output of the pipeline under OUT (keeps .venv and the demo data)
-	rm -rf $(LABELS) $(FEATURES_DIR) $(RESULTS_DIR) $(RESULTS_CSV) $(OUT)/reports $(STAMPS)
+	rm -rf $(LABELS) $(FEATURES_DIR) $(RESULTS_DIR) $(RESULTS_CSV) $(DRIFT_CSV) $(OUT)/reports $(STAMPS)
 	find $(LABELS_DIR) -name '*.csv' -delete 2>/dev/null || true
 
 .PHONY: distclean

@@ -45,7 +45,15 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     assert list(labels.columns) == ["image_name", "label", "path"] and len(labels) == 18
     assert json.loads(dataset_json.read_text())["synthetic"] is True
 
-    execute("01-extract-features", out, model="MobileNetV2-0.35", weights="none", data_dir=str(data_dir),
+    execute("01-audit-data", out, data_dir=str(data_dir), labels_csv=str(labels_csv),
+            dataset_json=str(dataset_json), audit_dir=str(out / "audit"),
+            duplicates_csv=str(out / "duplicates.csv"), figures_dir=str(out / "figures"))
+    assert len(pd.read_csv(out / "audit" / "metadata.csv")) == 18
+    assert set(json.loads((out / "audit" / "confound.json").read_text())) >= {"confounded", "message"}
+    assert list(pd.read_csv(out / "duplicates.csv").columns)[:2] == ["image_a", "image_b"]
+    assert (out / "figures" / "audit.png").stat().st_size > 1000
+
+    execute("02-extract-features", out, model="MobileNetV2-0.35", weights="none", data_dir=str(data_dir),
             labels_csv=str(labels_csv), features_dir=str(out / "features"), batch_size=8)
     X = np.load(out / "features" / "MobileNetV2-0.35.npy", allow_pickle=False)
     assert X.shape == (18, 1280) and X.dtype == np.float32
@@ -59,7 +67,7 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     stale = out / "clustering_labels" / "MobileNetV2-0.35_Removed.csv"
     stale.parent.mkdir()
     stale.write_text("image_name,label,cluster,matched_label,changed\n")
-    execute("02-cluster", out, model="MobileNetV2-0.35", labels_csv=str(labels_csv),
+    execute("03-cluster", out, model="MobileNetV2-0.35", labels_csv=str(labels_csv),
             features_dir=str(out / "features"), config=str(out / "clustering.yaml"),
             labels_dir=str(out / "clustering_labels"), results_dir=str(out / "results"))
     results = pd.read_csv(out / "results" / "MobileNetV2-0.35.csv")
@@ -72,9 +80,16 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
         assert list(table.columns) == ["image_name", "label", "cluster", "matched_label", "changed"]
         assert table["image_name"].tolist() == labels["image_name"].tolist()
 
-    execute("03-report", out, models="MobileNetV2-0.35", results_dir=str(out / "results"),
+    execute("04-report", out, models="MobileNetV2-0.35", data_dir=str(data_dir), labels_csv=str(labels_csv),
+            results_dir=str(out / "results"), labels_dir=str(out / "clustering_labels"),
             features_dir=str(out / "features"), dataset_json=str(dataset_json),
-            results_csv=str(out / "clustering_results.csv"), figures_dir=str(out / "figures"))
+            confound_json=str(out / "audit" / "confound.json"), results_csv=str(out / "clustering_results.csv"),
+            drift_csv=str(out / "label_drift.csv"), figures_dir=str(out / "figures"), embedding="pca")
     gathered = pd.read_csv(out / "clustering_results.csv")
     pd.testing.assert_frame_equal(gathered, results)
-    assert (out / "figures" / "label_change_heatmap.png").stat().st_size > 1000
+    drifted = pd.read_csv(out / "label_drift.csv")
+    assert sorted(drifted["image_name"]) == sorted(labels["image_name"])
+    assert drifted["drift_share"].between(0, 1).all()
+    for name in ["label_change_heatmap", "ari_heatmap", "walltime", "confusion_MobileNetV2-0.35",
+                 "embedding_MobileNetV2-0.35", "drift_gallery"]:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name

@@ -1,0 +1,124 @@
+"""The one page a researcher opens: ``reports/index.html``.
+
+It links the results table, the drift table, the audit, every figure (shown
+inline) and the executed notebooks rendered to HTML, and says in its first line
+whether the data is the synthetic demo set. It only links files that exist, so
+it can be rebuilt after any part of the pipeline.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from cxrcluster import io
+
+#: Results columns shown in the index's headline table.
+HEADLINE_COLUMNS = ["model", "clustering", "label_percentage_change", "raw_label_change", "ari", "nmi", "status"]
+
+
+def _rel(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def _link(path: Path, base: Path, text: str | None = None) -> str:
+    return f'<a href="{html.escape(_rel(path, base))}">{html.escape(text or path.name)}</a>'
+
+
+def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clustering study") -> Path:
+    """Write ``<out_root>/reports/index.html`` linking every output that exists.
+
+    Parameters
+    ----------
+    out_root : path-like
+        The folder holding ``clustering_results.csv``, ``label_drift.csv`` and
+        ``reports/`` (the project root unless ``OUT`` was set).
+    title : str
+        Page title.
+
+    Returns
+    -------
+    pathlib.Path
+        The index page.
+    """
+    root = Path(out_root)
+    reports = root / "reports"
+    index = reports / "index.html"
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+
+    dataset_json = reports / "dataset.json"
+    if dataset_json.is_file():
+        ds = json.loads(dataset_json.read_text())
+        if ds.get("synthetic"):
+            parts.append('<p class="warn">SYNTHETIC DEMO DATA: these results show that the pipeline runs; '
+                         "they are evidence of nothing about chest X-rays.</p>")
+        classes = ", ".join(f"{k}: {v}" for k, v in ds.get("classes", {}).items())
+        parts.append(f"<p>Data: <code>{html.escape(ds['data_dir'])}</code> — {ds['n_images']} images ({classes}).</p>")
+
+    confound = reports / "audit" / "confound.json"
+    if confound.is_file():
+        c = json.loads(confound.read_text())
+        cls = "warn" if c.get("confounded") else "ok"
+        parts.append(f'<p class="{cls}">{html.escape(c.get("message", ""))}</p>')
+
+    parts.append("<h2>Tables</h2><ul>")
+    for path, what in [
+        (root / "clustering_results.csv", "every model × algorithm: label change after matching, raw change, ARI, NMI, ..."),
+        (root / "label_drift.csv", "per image: share of combinations in which it left its label, and where it went"),
+        (root / "classification_results.csv", "supervised baselines (linear probe)"),
+        (reports / "audit" / "summary.csv", "dataset audit per class"),
+        (reports / "duplicates.csv", "exact and near-duplicate images, with label conflicts"),
+        (reports / "benchmarks.md", "benchmarks"),
+    ]:
+        if path.is_file():
+            parts.append(f"<li>{_link(path, reports)}: {html.escape(what)}</li>")
+    parts.append("</ul>")
+
+    results = root / "clustering_results.csv"
+    if results.is_file():
+        df = pd.read_csv(results)
+        cols = [c for c in HEADLINE_COLUMNS if c in df.columns]
+        parts.append("<h2>Results</h2>")
+        parts.append(df[cols].to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="", border=0))
+
+    figures = sorted((reports / "figures").glob("*.png"))
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for fig in figures:
+            parts.append(f'<figure><img src="{html.escape(_rel(fig, reports))}" alt="{html.escape(fig.stem)}">'
+                         f"<figcaption>{_link(fig, reports)}</figcaption></figure>")
+
+    notebooks = sorted((reports / "notebooks").glob("*.html"))
+    if notebooks:
+        parts.append("<h2>Executed notebooks</h2><ul>")
+        parts += [f"<li>{_link(nb, reports, nb.stem)}</li>" for nb in notebooks]
+        parts.append("</ul>")
+
+    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+            "img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}"
+            ".warn{background:#fde2e1;border-left:6px solid #c0392b;padding:.6em;font-weight:bold}"
+            ".ok{background:#e3f4e1;border-left:6px solid #2e7d32;padding:.6em}"
+            "table{border-collapse:collapse;font-size:90%}td,th{padding:2px 8px;border-bottom:1px solid #eee}"
+            "</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    with io.atomic_open(index, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return index
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write reports/index.html under OUT.")
+    parser.add_argument("out_root", nargs="?", default=".")
+    args = parser.parse_args(argv)
+    print(f"wrote {build_index(args.out_root)}")
+
+
+if __name__ == "__main__":
+    main()
