@@ -79,21 +79,22 @@ def synthetic_xray(label: str, rng: np.random.Generator, size: int = 256) -> np.
     img = img + 0.08 * lungs * ribs ** 4
     lesion = np.zeros_like(yy)
     if label == "PNEUMONIA":
+        # lobar consolidation: one large, dense opacity filling part of one lung
         ly, lx, ry, rx = sides[rng.integers(2)]
-        for _ in range(rng.integers(1, 3)):
-            py, px = ly + rng.uniform(-0.5, 0.5) * ry, lx + rng.uniform(-0.5, 0.5) * rx
-            lesion += _blob(yy, xx, py, px, rng.uniform(0.06, 0.10), rng.uniform(0.05, 0.08))
-        lesion = 0.40 * np.clip(lesion, 0, 1)
+        py, px = ly + rng.uniform(0.1, 0.45) * ry, lx + rng.uniform(-0.2, 0.2) * rx
+        lesion = np.clip(1.8 * _blob(yy, xx, py, px, rng.uniform(0.12, 0.16), rng.uniform(0.08, 0.11)), 0, 1)
+        lesion = 0.55 * lesion
     elif label == "COVID":
+        # bilateral, peripheral, patchy ground-glass opacities in the lower zones
         for ly, lx, ry, rx in sides:
-            for _ in range(rng.integers(10, 16)):
-                py = ly + rng.uniform(0.0, 0.8) * ry
-                px = lx + np.sign(lx - cx) * rng.uniform(0.0, 0.8) * rx
-                lesion += _blob(yy, xx, py, px, rng.uniform(0.02, 0.04), rng.uniform(0.02, 0.04))
-        lesion = 0.22 * np.clip(lesion, 0, 1)
+            for _ in range(rng.integers(14, 20)):
+                py = ly + rng.uniform(-0.1, 0.8) * ry
+                px = lx + np.sign(lx - cx) * rng.uniform(0.1, 0.9) * rx
+                lesion += _blob(yy, xx, py, px, rng.uniform(0.025, 0.05), rng.uniform(0.025, 0.05))
+        lesion = 0.30 * np.clip(lesion, 0, 1)
     img = img + lesion * lungs
-    gain, gamma = rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.15)
-    img = gain * np.clip(img, 0, 1) ** gamma + rng.normal(0, 0.025, img.shape)
+    gain, gamma = rng.uniform(0.92, 1.08), rng.uniform(0.92, 1.08)
+    img = gain * np.clip(img, 0, 1) ** gamma + rng.normal(0, 0.01, img.shape)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 

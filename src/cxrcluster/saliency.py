@@ -599,7 +599,8 @@ def saliency_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | Map
     title : str, default "Saliency maps"
         What is shown (model, decision explained).
     alpha : float, default 0.5
-        Opacity of the maps.
+        Opacity of the maps where they are 1; it falls with the map's value,
+        so that pixels of no relevance show the image unchanged.
     cmap : str, default "jet"
         Colour map of the maps.
 
@@ -626,7 +627,9 @@ def saliency_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | Map
             axes[i, 0].set_title(titles[i], fontsize="small", loc="left")
         for j, (name, column) in enumerate(columns.items(), start=1):
             axes[i, j].imshow(grey, cmap="gray", vmin=0, vmax=255)
-            shown = axes[i, j].imshow(np.asarray(column[i]), cmap=colour_map, vmin=0, vmax=1, alpha=alpha)
+            heat = np.clip(np.asarray(column[i], dtype=np.float32), 0.0, 1.0)
+            # opacity follows relevance: irrelevant pixels stay visible as they are
+            shown = axes[i, j].imshow(heat, cmap=colour_map, vmin=0, vmax=1, alpha=alpha * heat)
             if i == 0:
                 axes[i, j].set_title(name, fontsize="medium")
     for ax in axes.ravel():
