@@ -118,3 +118,35 @@ def test_real_weights_on_real_xrays_separate_the_classes(tmp_path):
     X2, _ = features.extract_dataset(tmp_path / "labels.csv", SAMPLE_DIR, "MobileNetV2-0.35", "imagenet",
                                      tmp_path / "g", progress=False)
     assert X.tobytes() == X2.tobytes()
+
+
+@pytest.mark.slow
+def test_killed_extraction_leaves_nothing_finished_and_rerun_matches(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = demo.write_demo_dataset(tmp_path / "data", per_class=40, size=128)
+    data.scan_dataset(root).to_csv(tmp_path / "labels.csv", index=False)
+    code = ("import sys; from cxrcluster import features; "
+            "features.extract_dataset(sys.argv[1], sys.argv[2], 'MobileNetV2-0.35', 'none', sys.argv[3], "
+            "batch_size=2, workers=1)")
+    args = [sys.executable, "-c", code, str(tmp_path / "labels.csv"), str(root)]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([*args, str(killed_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    deadline = time.time() + 120
+    flowing = re.compile(r"\d+/120 .*\dimg/s")  # a progress update after some batches, not the "?img/s" start
+    while not flowing.search(seen) and time.time() < deadline and proc.poll() is None:
+        seen += proc.stdout.read(1)
+    assert flowing.search(seen) and proc.poll() is None, seen[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "MobileNetV2-0.35.npy").exists()
+    assert not (killed_dir / "MobileNetV2-0.35.json").exists()
+    subprocess.run([*args, str(killed_dir)], check=True, capture_output=True)
+    subprocess.run([*args, str(tmp_path / "whole")], check=True, capture_output=True)
+    assert ((killed_dir / "MobileNetV2-0.35.npy").read_bytes()
+            == (tmp_path / "whole" / "MobileNetV2-0.35.npy").read_bytes())
