@@ -31,41 +31,40 @@ DEMO_MARKER := $(DEMO_DIR)/SYNTHETIC.md
 
 MODEL_LIST := $(if $(filter all,$(MODELS)),$(shell PYTHONPATH=src $(PYTHON) -m cxrcluster.models),$(MODELS))
 
-LABELS := $(OUT)/original_labels.csv
-DATASET_JSON := $(OUT)/reports/dataset.json
-FEATURES_DIR := $(OUT)/features
-RESULTS_DIR := $(OUT)/results
-LABELS_DIR := $(OUT)/clustering_labels
-RESULTS_CSV := $(OUT)/clustering_results.csv
-DRIFT_CSV := $(OUT)/label_drift.csv
-AUDIT_DIR := $(OUT)/reports/audit
-DUPLICATES_CSV := $(OUT)/reports/duplicates.csv
-FIGURES_DIR := $(OUT)/reports/figures
-INDEX := $(OUT)/reports/index.html
-NB_OUT := $(OUT)/reports/notebooks
-STAMPS := $(OUT)/.make
-
-FEATURES := $(foreach m,$(MODEL_LIST),$(FEATURES_DIR)/$(m).npy)
-MODEL_RESULTS := $(foreach m,$(MODEL_LIST),$(RESULTS_DIR)/$(m).csv)
+# Every variant of the pipeline (full images; lung-masked images) writes its own output set:
+# $(call out,VARIANT) is its root. The masked variant reads a masked copy of DATA_DIR made by
+# notebooks/07-mask-lungs (or from MASKS_DIR, a folder of lung masks with the images' paths).
+VARIANT ?= full#                full | masked (masked also runs full, then compares the two)
+MASKS_DIR ?=#                   optional user-supplied lung masks for VARIANT=masked
+out = $(if $(filter masked,$(1)),$(OUT)/masked,$(OUT))
+MASKED_DATA := $(OUT)/masked/data
+MASKS_CSV := $(OUT)/masked/reports/masks.csv
+COMPARISON := $(OUT)/reports/variants_comparison.csv
+INTERPRET_MODEL ?= $(firstword $(MODEL_LIST))#  the model whose Grad-CAM and saliency maps are drawn
 
 # src/ code each stage calls (the package __init__ imports nothing)
 S := src/cxrcluster
 SRC_BASE := $(S)/__init__.py $(S)/io.py $(S)/paths.py
 SRC_PREPARE := $(SRC_BASE) $(S)/data.py $(S)/demo.py
+SRC_AUDIT := $(SRC_BASE) $(S)/data.py $(S)/audit.py $(S)/figures.py
 SRC_EXTRACT := $(SRC_BASE) $(S)/data.py $(S)/images.py $(S)/models.py $(S)/features.py
 SRC_CLUSTER := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/clustering.py $(S)/metrics.py
-SRC_AUDIT := $(SRC_BASE) $(S)/data.py $(S)/audit.py $(S)/figures.py
 SRC_REPORT := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/figures.py $(S)/drift.py
+SRC_PROBE := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/figures.py $(S)/probe.py
+SRC_INTERPRET := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/images.py $(S)/models.py $(S)/probe.py \
+    $(S)/saliency.py $(S)/clustering.py $(S)/drift.py
+SRC_MASK := $(SRC_BASE) $(S)/data.py $(S)/demo.py $(S)/images.py $(S)/masking.py
 
 # The demo data is generated when it is the data folder in use.
 DATA_PREREQ := $(if $(filter $(abspath $(DEMO_DIR)),$(abspath $(DATA_DIR))),$(DEMO_MARKER))
 
-# $(call papermill,notebook,executed-name,parameters): execute into $(NB_OUT), render to HTML.
+# $(call papermill,notebook,executed-name,parameters,output-root): execute the notebook into
+# <output-root>/reports/notebooks/ and render it to HTML there.
 define papermill
-	@mkdir -p $(NB_OUT)
+	@mkdir -p $(4)/reports/notebooks
 	$(PY) -m papermill --kernel $(KERNEL) --log-output --no-progress-bar \
-	    notebooks/$(1).ipynb $(NB_OUT)/$(2).ipynb $(3)
-	@$(PY) -m jupyter nbconvert --to html --log-level WARN $(NB_OUT)/$(2).ipynb
+	    notebooks/$(1).ipynb $(4)/reports/notebooks/$(2).ipynb $(3)
+	@$(PY) -m jupyter nbconvert --to html --log-level WARN $(4)/reports/notebooks/$(2).ipynb
 endef
 
 # $(call stamp,commands): write the commands' output to $@ only when it differs, so that what
@@ -106,68 +105,115 @@ $(DEMO_MARKER): $(S)/demo.py | $(VENV_OK)
 .PHONY: FORCE
 FORCE:
 
-$(STAMPS)/dataset: FORCE $(DATA_PREREQ)
-	@test -d "$(DATA_DIR)" || { echo "DATA_DIR=$(DATA_DIR) is not a folder" >&2; exit 1; }
-	$(call stamp,echo "$(abspath $(DATA_DIR))"; find -L "$(DATA_DIR)" -type f -not -name '.*' -printf '%P %s %T@\n' | LC_ALL=C sort)
-
-$(STAMPS)/weights: FORCE
+$(OUT)/.make/weights: FORCE
 	$(call stamp,echo "$(WEIGHTS)"; if [ -f "$(WEIGHTS)" ]; then stat -L -c '%s %Y' "$(WEIGHTS)"; fi)
 
-$(STAMPS)/models: FORCE
-	$(call stamp,echo "$(MODEL_LIST)")
+$(OUT)/.make/models: FORCE
+	$(call stamp,echo "$(MODEL_LIST) | $(INTERPRET_MODEL)")
 
-# -- 00: the labels table --
-$(LABELS) $(DATASET_JSON) &: notebooks/00-prepare-data.ipynb $(STAMPS)/dataset $(SRC_PREPARE) | $(VENV_OK)
-	$(call papermill,00-prepare-data,00-prepare-data,-r data_dir $(DATA_DIR) -r labels_csv $(LABELS) \
-	    -r dataset_json $(DATASET_JSON) -p make_demo_if_missing False)
+# $(call dataset_stamp,folder): the folder's path and every file's name, size and time.
+dataset_stamp = echo "$(abspath $(1))"; find -L "$(1)" -type f -not -name '.*' -printf '%P %s %T@\n' | LC_ALL=C sort
 
-# -- 01: the dataset audit, ahead of extraction --
-$(AUDIT_DIR)/confound.json $(DUPLICATES_CSV) &: notebooks/01-audit-data.ipynb $(LABELS) $(DATASET_JSON) \
-    $(STAMPS)/dataset $(SRC_AUDIT) | $(VENV_OK)
-	$(call papermill,01-audit-data,01-audit-data,-r data_dir $(DATA_DIR) -r labels_csv $(LABELS) \
-	    -r dataset_json $(DATASET_JSON) -r audit_dir $(AUDIT_DIR) -r duplicates_csv $(DUPLICATES_CSV) \
-	    -r figures_dir $(FIGURES_DIR))
+$(OUT)/.make/dataset: FORCE $(DATA_PREREQ)
+	@test -d "$(DATA_DIR)" || { echo "DATA_DIR=$(DATA_DIR) is not a folder" >&2; exit 1; }
+	$(call stamp,$(call dataset_stamp,$(DATA_DIR)))
 
-.PHONY: audit
-audit: $(AUDIT_DIR)/confound.json ## audit the dataset: per-class files, source confound, duplicates
+$(OUT)/.make/masks: FORCE
+	$(call stamp,echo "masks: $(MASKS_DIR)"$(if $(MASKS_DIR),; $(call dataset_stamp,$(MASKS_DIR))))
 
-# -- 02 and 03, one pair of rules per model (extraction waits for the audit, but does not depend on it) --
-define model_rules
-$(FEATURES_DIR)/$(1).npy: notebooks/02-extract-features.ipynb $(LABELS) $(STAMPS)/dataset $(STAMPS)/weights \
-    $(SRC_EXTRACT) | $(VENV_OK) $(AUDIT_DIR)/confound.json
-	$$(call papermill,02-extract-features,02-extract-features-$(1),-r model $(1) -r weights $(WEIGHTS) \
-	    -r data_dir $(DATA_DIR) -r labels_csv $(LABELS) -r features_dir $(FEATURES_DIR) \
-	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS))
+# -- 07: the lung-masked copy of the data (read by the masked variant) --
+$(MASKS_CSV): notebooks/07-mask-lungs.ipynb $(OUT)/.make/dataset $(OUT)/.make/masks $(SRC_MASK) | $(VENV_OK)
+	$(call papermill,07-mask-lungs,07-mask-lungs,-r data_dir $(DATA_DIR) -r masked_dir $(MASKED_DATA) \
+	    -r masks_dir "$(MASKS_DIR)" -r masks_csv $(MASKS_CSV) -r figures_dir $(OUT)/masked/reports/figures,$(OUT)/masked)
 
-$(RESULTS_DIR)/$(1).csv: notebooks/03-cluster.ipynb $(FEATURES_DIR)/$(1).npy $(LABELS) $(CONFIG) \
-    $(SRC_CLUSTER) | $(VENV_OK)
-	$$(call papermill,03-cluster,03-cluster-$(1),-r model $(1) -r labels_csv $(LABELS) \
-	    -r features_dir $(FEATURES_DIR) -r config $(CONFIG) -r labels_dir $(LABELS_DIR) \
-	    -r results_dir $(RESULTS_DIR))
+$(OUT)/masked/.make/dataset: FORCE $(MASKS_CSV)
+	$(call stamp,$(call dataset_stamp,$(MASKED_DATA)))
+
+# $(call variant_rules,OUTROOT,DATA,DATASET_STAMP): notebooks 00 to 06 on one variant's data.
+define variant_rules
+$(1)/original_labels.csv $(1)/reports/dataset.json &: notebooks/00-prepare-data.ipynb $(3) $(SRC_PREPARE) | $(VENV_OK)
+	$$(call papermill,00-prepare-data,00-prepare-data,-r data_dir $(2) -r labels_csv $(1)/original_labels.csv \
+	    -r dataset_json $(1)/reports/dataset.json -p make_demo_if_missing False,$(1))
+
+# 01: the dataset audit, ahead of extraction
+$(1)/reports/audit/confound.json $(1)/reports/duplicates.csv &: notebooks/01-audit-data.ipynb \
+    $(1)/original_labels.csv $(1)/reports/dataset.json $(3) $(SRC_AUDIT) | $(VENV_OK)
+	$$(call papermill,01-audit-data,01-audit-data,-r data_dir $(2) -r labels_csv $(1)/original_labels.csv \
+	    -r dataset_json $(1)/reports/dataset.json -r audit_dir $(1)/reports/audit \
+	    -r duplicates_csv $(1)/reports/duplicates.csv -r figures_dir $(1)/reports/figures,$(1))
+
+# 02 and 03, one pair per model (extraction waits for the audit, but does not depend on it)
+$(foreach m,$(MODEL_LIST),$(call model_rules,$(1),$(2),$(3),$(m)))
+
+# 04: the report
+$(1)/clustering_results.csv $(1)/label_drift.csv &: notebooks/04-report.ipynb \
+    $(foreach m,$(MODEL_LIST),$(1)/results/$(m).csv) $(1)/reports/dataset.json \
+    $(1)/reports/audit/confound.json $(OUT)/.make/models $(SRC_REPORT) | $(VENV_OK)
+	$$(call papermill,04-report,04-report,-r models "$(MODEL_LIST)" -r data_dir $(2) \
+	    -r labels_csv $(1)/original_labels.csv -r results_dir $(1)/results -r labels_dir $(1)/clustering_labels \
+	    -r features_dir $(1)/features -r dataset_json $(1)/reports/dataset.json \
+	    -r confound_json $(1)/reports/audit/confound.json -r results_csv $(1)/clustering_results.csv \
+	    -r drift_csv $(1)/label_drift.csv -r figures_dir $(1)/reports/figures,$(1))
+
+# 05: supervised baselines on the same features
+$(1)/classification_results.csv: notebooks/05-supervised.ipynb $(1)/clustering_results.csv \
+    $(foreach m,$(MODEL_LIST),$(1)/features/$(m).npy) $(OUT)/.make/models $(SRC_PROBE) | $(VENV_OK)
+	$$(call papermill,05-supervised,05-supervised,-r models "$(MODEL_LIST)" -r data_dir $(2) \
+	    -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -r results_csv $(1)/clustering_results.csv -r classification_csv $(1)/classification_results.csv \
+	    -r dataset_json $(1)/reports/dataset.json -r figures_dir $(1)/reports/figures,$(1))
+
+# 06: Grad-CAM and saliency of one model, with the linear probe as its head
+$(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/label_drift.csv \
+    $(1)/features/$(INTERPRET_MODEL).npy $(CONFIG) $(OUT)/.make/weights $(OUT)/.make/models \
+    $(SRC_INTERPRET) | $(VENV_OK)
+	$$(call papermill,06-interpretability,06-interpretability,-r model $(INTERPRET_MODEL) -r weights $(WEIGHTS) \
+	    -r data_dir $(2) -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -r labels_dir $(1)/clustering_labels -r drift_csv $(1)/label_drift.csv -r config $(CONFIG) \
+	    -r dataset_json $(1)/reports/dataset.json -r summary_json $(1)/reports/interpretability.json \
+	    -r figures_dir $(1)/reports/figures,$(1))
+
+# the index links every output; it is rebuilt whenever a product it links changes
+$(1)/reports/index.html: $(1)/clustering_results.csv $(1)/label_drift.csv $(1)/reports/duplicates.csv \
+    $(1)/classification_results.csv $(1)/reports/interpretability.json \
+    $(if $(and $(filter masked,$(VARIANT)),$(filter $(OUT),$(1))),$(COMPARISON)) \
+    $(S)/report.py $(SRC_BASE) | $(VENV_OK)
+	$(PY) -m cxrcluster.report $(1)
 endef
-$(foreach m,$(MODEL_LIST),$(eval $(call model_rules,$(m))))
 
-.PHONY: features
-features: $(FEATURES) ## extract the features of every model in MODELS
+# $(call model_rules,OUTROOT,DATA,DATASET_STAMP,MODEL)
+define model_rules
+$(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels.csv $(3) $(OUT)/.make/weights \
+    $(SRC_EXTRACT) | $(VENV_OK) $(1)/reports/audit/confound.json
+	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(4) -r weights $(WEIGHTS) \
+	    -r data_dir $(2) -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS),$(1))
 
-.PHONY: cluster
-cluster: $(MODEL_RESULTS) ## cluster every model's features
+$(1)/results/$(4).csv: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
+    $(SRC_CLUSTER) | $(VENV_OK)
+	$$(call papermill,03-cluster,03-cluster-$(4),-r model $(4) -r labels_csv $(1)/original_labels.csv \
+	    -r features_dir $(1)/features -r config $(CONFIG) -r labels_dir $(1)/clustering_labels \
+	    -r results_dir $(1)/results,$(1))
 
-# -- 04: the report --
-$(RESULTS_CSV) $(DRIFT_CSV) &: notebooks/04-report.ipynb $(MODEL_RESULTS) $(DATASET_JSON) \
-    $(AUDIT_DIR)/confound.json $(STAMPS)/models $(SRC_REPORT) | $(VENV_OK)
-	$(call papermill,04-report,04-report,-r models "$(MODEL_LIST)" -r data_dir $(DATA_DIR) \
-	    -r labels_csv $(LABELS) -r results_dir $(RESULTS_DIR) -r labels_dir $(LABELS_DIR) \
-	    -r features_dir $(FEATURES_DIR) -r dataset_json $(DATASET_JSON) \
-	    -r confound_json $(AUDIT_DIR)/confound.json -r results_csv $(RESULTS_CSV) -r drift_csv $(DRIFT_CSV) \
-	    -r figures_dir $(FIGURES_DIR))
+endef
 
-# The index links every output; it is rebuilt whenever one of the products it links changes.
-$(INDEX): $(RESULTS_CSV) $(DRIFT_CSV) $(DUPLICATES_CSV) $(S)/report.py $(SRC_BASE) | $(VENV_OK)
-	$(PY) -m cxrcluster.report $(OUT)
+$(eval $(call variant_rules,$(OUT),$(DATA_DIR),$(OUT)/.make/dataset))
+$(eval $(call variant_rules,$(OUT)/masked,$(MASKED_DATA),$(OUT)/masked/.make/dataset))
+
+# 08: full versus lung-masked, side by side
+$(COMPARISON): notebooks/08-compare-variants.ipynb $(OUT)/clustering_results.csv $(OUT)/classification_results.csv \
+    $(OUT)/masked/clustering_results.csv $(OUT)/masked/classification_results.csv $(SRC_BASE) $(S)/figures.py \
+    | $(VENV_OK)
+	$(call papermill,08-compare-variants,08-compare-variants,-r full_dir $(OUT) -r masked_dir $(OUT)/masked \
+	    -r comparison_csv $(COMPARISON) -r figures_dir $(OUT)/reports/figures,$(OUT))
 
 .PHONY: report
-report: $(INDEX) ## results table, figures, drift, audit and executed notebooks, linked from reports/index.html
+report: $(call out,full)/reports/index.html $(if $(filter masked,$(VARIANT)),$(OUT)/masked/reports/index.html) ## every output, linked from reports/index.html (VARIANT=masked adds the masked run and the comparison)
+
+.PHONY: audit features cluster
+audit: $(call out,$(VARIANT))/reports/audit/confound.json ## audit the dataset: per-class files, source confound, duplicates
+features: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/features/$(m).npy) ## extract the features of every model in MODELS
+cluster: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/results/$(m).csv) ## cluster every model's features
 
 # ---- Development ------------------------------------------------------------------------------
 .PHONY: test
@@ -185,8 +231,9 @@ lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel
 
 .PHONY: clean
 clean: ## delete every output of the pipeline under OUT (keeps .venv and the demo data)
-	rm -rf $(LABELS) $(FEATURES_DIR) $(RESULTS_DIR) $(RESULTS_CSV) $(DRIFT_CSV) $(OUT)/reports $(STAMPS)
-	find $(LABELS_DIR) -name '*.csv' -delete 2>/dev/null || true
+	rm -rf $(addprefix $(OUT)/,original_labels.csv features results clustering_results.csv label_drift.csv \
+	    classification_results.csv reports masked .make)
+	find $(OUT)/clustering_labels -name '*.csv' -delete 2>/dev/null || true
 
 .PHONY: distclean
 distclean: clean ## also delete .venv and the generated demo data

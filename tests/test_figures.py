@@ -161,3 +161,36 @@ def test_save_figure_leaves_nothing_behind_on_failure(tmp_path: Path, monkeypatc
 def test_with_data_note():
     assert figures.with_data_note("Title") == "Title"
     assert figures.with_data_note("Title", "demo") == "Title\n[demo]"
+
+
+def test_matrix_figure_counts_and_axes():
+    m = pd.DataFrame([[5, 1], [0, 4]], index=pd.Index(["A", "B"], name="true class"),
+                     columns=pd.Index(["A", "B"], name="predicted class"))
+    fig = figures.matrix_figure(m, "Probe confusion", data_note="demo")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "4", "5"]
+    assert "[demo]" in ax.get_title()
+
+
+def test_supervised_vs_clustering_uses_best_matched_accuracy():
+    classification = pd.DataFrame({"model": ["M1", "M2"], "accuracy_mean": [0.9, 0.8], "accuracy_std": [0.02, 0.05]})
+    results = pd.DataFrame({"model": ["M1", "M1", "M2"], "clustering": ["KMeans", "DBSCAN", "KMeans"],
+                            "label_percentage_change": [20.0, 10.0, 40.0], "ari": [0.5, 0.6, 0.2],
+                            "status": ["ok", "ok", "failed: x"]})
+    fig = figures.supervised_vs_clustering_figure(classification, results)
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[:2] == pytest.approx([90.0, 80.0])  # probe bars
+    assert heights[2] == pytest.approx(90.0)  # M1: DBSCAN is best (10 % change)
+    assert np.isnan(heights[3])  # M2: nothing ran
+    assert {t.get_text() for t in ax.texts} >= {"DBSCAN", "none ran"}
+
+
+def test_variants_figure_has_three_panels_with_both_variants():
+    comparison = pd.DataFrame({"model": ["M"], "best_label_change_full": [10.0], "best_label_change_masked": [20.0],
+                               "kmeans_ari_full": [0.6], "kmeans_ari_masked": [0.4],
+                               "probe_accuracy_full": [0.9], "probe_accuracy_masked": [0.85]})
+    fig = figures.variants_figure(comparison)
+    assert len(fig.axes) == 3
+    assert [p.get_height() for p in fig.axes[1].patches] == pytest.approx([0.6, 0.4])

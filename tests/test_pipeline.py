@@ -11,7 +11,7 @@ from conftest import KERAS_HOME, SAMPLE_DIR, needs_sample, needs_weights
 from cxrcluster import metrics
 from cxrcluster.paths import PROJECT_ROOT
 
-pytestmark = [pytest.mark.slow, needs_sample, needs_weights]
+pytestmark = [pytest.mark.slow, needs_weights]
 
 
 def make(*args, check=True):
@@ -22,6 +22,7 @@ def make(*args, check=True):
     return proc
 
 
+@needs_sample
 def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
     out = f"OUT={tmp_path}"
     make("all", out)  # synthetic demo data, the default
@@ -66,3 +67,26 @@ def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
     # value stamps, so it must assume they changed.)
     again = make("all", out, f"DATA_DIR={SAMPLE_DIR}")
     assert "papermill" not in again.stdout, again.stdout
+
+
+def test_make_all_masked_variant_on_demo_data(tmp_path):
+    """VARIANT=masked: the masked copy, both pipelines, the probe, the maps and the comparison."""
+    make("all", f"OUT={tmp_path}", "VARIANT=masked")
+    masks = pd.read_csv(tmp_path / "masked" / "reports" / "masks.csv")
+    full_labels = pd.read_csv(tmp_path / "original_labels.csv")
+    masked_labels = pd.read_csv(tmp_path / "masked" / "original_labels.csv")
+    assert masked_labels["image_name"].tolist() == full_labels["image_name"].tolist()
+    assert sorted(masks["image_name"]) == sorted(full_labels["image_name"])
+    comparison = pd.read_csv(tmp_path / "reports" / "variants_comparison.csv")
+    assert comparison["model"].tolist() == ["MobileNetV2-0.35"]
+    for root in (tmp_path, tmp_path / "masked"):
+        probe = pd.read_csv(root / "classification_results.csv")
+        assert probe["accuracy_mean"].between(0, 1).all()
+        for name in ["saliency_MobileNetV2-0.35", "cluster_gradcam_MobileNetV2-0.35",
+                     "probe_confusion_MobileNetV2-0.35", "supervised_vs_clustering"]:
+            assert (root / "reports" / "figures" / f"{name}.png").stat().st_size > 1000, (root, name)
+    assert (tmp_path / "masked" / "reports" / "figures" / "mask_qa.png").is_file()
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert "variants_comparison.png" in index and "SYNTHETIC" in index
+    again = make("all", f"OUT={tmp_path}", "VARIANT=masked")
+    assert "papermill" not in again.stdout

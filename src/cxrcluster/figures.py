@@ -484,3 +484,126 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
     """
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+
+
+def matrix_figure(matrix: pd.DataFrame, title: str, data_note: str = "", value_label: str = "images") -> Figure:
+    """Draw a labelled count matrix (e.g. true × predicted class), coloured by row share.
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame
+        Counts; the index and columns name the rows and columns (their
+        ``name`` attributes become the axis labels).
+    title : str
+        What is shown.
+    data_note : str, default ""
+        Appended to the title.
+    value_label : str, default "images"
+        What the counts count.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    counts = matrix.to_numpy(dtype=float)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(1.3 * counts.shape[1] + 3, 1.0 * counts.shape[0] + 2), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(counts):
+        ax.text(j, i, f"{int(v)}", ha="center", va="center", color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(counts.shape[1]), [str(c) for c in matrix.columns], rotation=30, ha="right")
+    ax.set_yticks(range(counts.shape[0]), [str(c) for c in matrix.index])
+    ax.set_xlabel(matrix.columns.name or "")
+    ax.set_ylabel(matrix.index.name or "")
+    ax.set_title(with_data_note(title, data_note))
+    fig.colorbar(im, ax=ax, label=f"share of the row's {value_label}")
+    return fig
+
+
+def supervised_vs_clustering_figure(classification: pd.DataFrame, results: pd.DataFrame,
+                                    n_classes: int = 3, data_note: str = "") -> Figure:
+    """Per model: the linear probe's accuracy beside the best clustering's matched accuracy.
+
+    The probe's cross-validated accuracy says how much label structure a
+    feature space holds; the clustering's matched accuracy (100 % minus its
+    matched label change) says how much of it clustering recovers without
+    labels.
+
+    Parameters
+    ----------
+    classification : pandas.DataFrame
+        ``classification_results.csv`` (``model``, ``accuracy_mean``, ``accuracy_std``).
+    results : pandas.DataFrame
+        ``clustering_results.csv``.
+    n_classes : int, default 3
+        For the chance line of balanced classes.
+    data_note : str, default ""
+        Appended to the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    models = list(dict.fromkeys(classification["model"]))
+    probe = classification.set_index("model").reindex(models)
+    best, names = [], []
+    for m in models:
+        try:
+            algo = best_algorithm(results, m)
+        except ValueError:
+            best.append(np.nan)
+            names.append("none ran")
+            continue
+        row = results[(results["model"] == m) & (results["clustering"] == algo)].iloc[0]
+        best.append(100.0 - float(row["label_percentage_change"]))
+        names.append(algo)
+    x = np.arange(len(models))
+    fig = Figure(figsize=(max(6.0, 1.4 * len(models) + 3), 4.8), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(x - 0.2, 100 * probe["accuracy_mean"].to_numpy(float), 0.4,
+           yerr=100 * probe["accuracy_std"].to_numpy(float), capsize=4, label="linear probe (supervised, cross-validated)")
+    ax.bar(x + 0.2, best, 0.4, label="best clustering, after matching (unsupervised)")
+    for xi, name in zip(x, names, strict=True):  # the algorithm's name inside its bar
+        ax.text(xi + 0.2, 2, name, ha="center", va="bottom", fontsize="x-small", rotation=90)
+    ax.axhline(100 / n_classes, color="0.5", ls=":", label=f"chance ({n_classes} balanced classes)")
+    ax.set_xticks(x, models, rotation=30, ha="right")
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("accuracy (% of images)")
+    ax.set_xlabel("model (feature extractor)")
+    ax.set_title(with_data_note("Label structure in each feature space: supervised probe vs clustering", data_note))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def variants_figure(comparison: pd.DataFrame, data_note: str = "") -> Figure:
+    """Full versus lung-masked images, side by side, for each model.
+
+    Parameters
+    ----------
+    comparison : pandas.DataFrame
+        One row per model with ``<metric>_full`` and ``<metric>_masked``
+        columns for ``best_label_change`` (%), ``kmeans_ari`` and
+        ``probe_accuracy`` (0-1), as written by ``08-compare-variants``.
+    data_note : str, default ""
+        Appended to the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three panels: best matched label change, KMeans ARI, probe accuracy.
+    """
+    panels = [("best_label_change", "best matched label change (%)"), ("kmeans_ari", "KMeans ARI"),
+              ("probe_accuracy", "linear-probe accuracy")]
+    fig = Figure(figsize=(13, 4.5), layout="constrained")
+    axes = fig.subplots(1, 3)
+    x = np.arange(len(comparison))
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        ax.bar(x - 0.2, comparison[f"{metric}_full"].to_numpy(float), 0.4, label="full image")
+        ax.bar(x + 0.2, comparison[f"{metric}_masked"].to_numpy(float), 0.4, label="lungs only (masked)")
+        ax.set_xticks(x, comparison["model"], rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.set_title(label)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(with_data_note("Full versus lung-masked X-rays", data_note))
+    return fig

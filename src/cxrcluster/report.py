@@ -72,6 +72,8 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
         (root / "classification_results.csv", "supervised baselines (linear probe)"),
         (reports / "audit" / "summary.csv", "dataset audit per class"),
         (reports / "duplicates.csv", "exact and near-duplicate images, with label conflicts"),
+        (reports / "variants_comparison.csv", "full versus lung-masked images, per model"),
+        (root / "masked" / "reports" / "index.html", "the report of the lung-masked variant"),
         (reports / "benchmarks.md", "benchmarks"),
     ]:
         if path.is_file():
