@@ -30,8 +30,9 @@ def resolve(path: str | os.PathLike, root: str | os.PathLike | None = None) -> P
     Returns
     -------
     pathlib.Path
+        Normalised (``a/../b`` becomes ``b``) without resolving links.
     """
     path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    return Path(root or PROJECT_ROOT) / path
+    if not path.is_absolute():
+        path = Path(root or PROJECT_ROOT) / path
+    return Path(os.path.normpath(path))
