@@ -18,6 +18,8 @@ CONFIG ?= config/clustering.yaml#  algorithms, their parameters, seeds, feature 
 OUT ?= .#                       root of every output (a scratch folder keeps runs apart)
 BATCH_SIZE ?= 32
 WORKERS ?= 2
+ENGINE ?= tensorflow#           forward pass of extraction: tensorflow | openvino (see make bench)
+PRECISION ?= fp32#              fp32 (reference) | bf16 (CPUs with bf16 instructions)
 PYTHON ?= python3#              interpreter that creates the virtual environment
 PYTEST_ARGS ?=
 
@@ -47,7 +49,7 @@ S := src/cxrcluster
 SRC_BASE := $(S)/__init__.py $(S)/io.py $(S)/paths.py
 SRC_PREPARE := $(SRC_BASE) $(S)/data.py $(S)/demo.py
 SRC_AUDIT := $(SRC_BASE) $(S)/data.py $(S)/audit.py $(S)/figures.py
-SRC_EXTRACT := $(SRC_BASE) $(S)/data.py $(S)/images.py $(S)/models.py $(S)/features.py
+SRC_EXTRACT := $(SRC_BASE) $(S)/data.py $(S)/images.py $(S)/models.py $(S)/engines.py $(S)/features.py
 SRC_CLUSTER := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/clustering.py $(S)/metrics.py
 SRC_REPORT := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/figures.py $(S)/drift.py
 SRC_PROBE := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/figures.py $(S)/probe.py
@@ -81,7 +83,8 @@ help: ## list the targets and the variables to override
 	@echo "Targets:"
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
 	@echo "Variables (make all VAR=value): DATA_DIR=$(DATA_DIR) MODELS=$(MODELS) WEIGHTS=$(WEIGHTS)"
-	@echo "  CONFIG=$(CONFIG) OUT=$(OUT) BATCH_SIZE=$(BATCH_SIZE) WORKERS=$(WORKERS)"
+	@echo "  CONFIG=$(CONFIG) OUT=$(OUT) VARIANT=$(VARIANT) MASKS_DIR=$(MASKS_DIR) BATCH_SIZE=$(BATCH_SIZE)"
+	@echo "  WORKERS=$(WORKERS) ENGINE=$(ENGINE) PRECISION=$(PRECISION)"
 
 .PHONY: all
 all: report ## run the whole pipeline (creates .venv and the demo data if needed)
@@ -105,8 +108,9 @@ $(DEMO_MARKER): $(S)/demo.py | $(VENV_OK)
 .PHONY: FORCE
 FORCE:
 
-$(OUT)/.make/weights: FORCE
-	$(call stamp,echo "$(WEIGHTS)"; if [ -f "$(WEIGHTS)" ]; then stat -L -c '%s %Y' "$(WEIGHTS)"; fi)
+$(OUT)/.make/extraction: FORCE
+	$(call stamp,echo "$(WEIGHTS) $(ENGINE) $(PRECISION) $(BATCH_SIZE)"; \
+	    if [ -f "$(WEIGHTS)" ]; then stat -L -c '%s %Y' "$(WEIGHTS)"; fi)
 
 $(OUT)/.make/models: FORCE
 	$(call stamp,echo "$(MODEL_LIST) | $(INTERPRET_MODEL)")
@@ -165,7 +169,7 @@ $(1)/classification_results.csv: notebooks/05-supervised.ipynb $(1)/clustering_r
 
 # 06: Grad-CAM and saliency of one model, with the linear probe as its head
 $(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/label_drift.csv \
-    $(1)/features/$(INTERPRET_MODEL).npy $(CONFIG) $(OUT)/.make/weights $(OUT)/.make/models \
+    $(1)/features/$(INTERPRET_MODEL).npy $(CONFIG) $(OUT)/.make/extraction $(OUT)/.make/models \
     $(SRC_INTERPRET) | $(VENV_OK)
 	$$(call papermill,06-interpretability,06-interpretability,-r model $(INTERPRET_MODEL) -r weights $(WEIGHTS) \
 	    -r data_dir $(2) -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
@@ -183,11 +187,11 @@ endef
 
 # $(call model_rules,OUTROOT,DATA,DATASET_STAMP,MODEL)
 define model_rules
-$(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels.csv $(3) $(OUT)/.make/weights \
+$(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels.csv $(3) $(OUT)/.make/extraction \
     $(SRC_EXTRACT) | $(VENV_OK) $(1)/reports/audit/confound.json
 	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(4) -r weights $(WEIGHTS) \
 	    -r data_dir $(2) -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
-	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS),$(1))
+	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS) -r engine $(ENGINE) -r precision $(PRECISION),$(1))
 
 $(1)/results/$(4).csv: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
     $(SRC_CLUSTER) | $(VENV_OK)
@@ -224,6 +228,10 @@ test: $(VENV_OK) ## run the tests (unit, notebooks, end to end on ../shared when
 lint: $(VENV_OK) ## ruff on src, tests and notebooks; committed notebooks must carry no outputs
 	$(PY) -m ruff check src tests notebooks
 	$(PY) -m nbstripout --verify notebooks/*.ipynb
+
+.PHONY: bench
+bench: $(VENV_OK) ## measure extraction and clustering speed into reports/benchmarks.md (not part of test)
+	$(PY) -m cxrcluster.bench --out reports
 
 .PHONY: lab
 lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel

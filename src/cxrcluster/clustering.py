@@ -45,6 +45,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import euclidean_distances, pairwise_distances_argmin
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler, normalize
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from cxrcluster import metrics
@@ -212,7 +213,11 @@ def _fit_hdbscan(X: np.ndarray, params: dict, budget: float) -> Fit:
 
 
 def _fit_optics(X: np.ndarray, params: dict, budget: float) -> Fit:
-    return Fit(skcluster.OPTICS(**params).fit_predict(X), params)
+    # OPTICS visits the points one at a time, each with a one-row distance
+    # computation: BLAS and OpenMP threads only add synchronisation (4x slower on
+    # two cores, and unbounded when the cores are shared), so it runs on one thread.
+    with threadpool_limits(1):
+        return Fit(skcluster.OPTICS(**params).fit_predict(X), params)
 
 
 def _fit_dbscan(X: np.ndarray, params: dict, budget: float) -> Fit:
@@ -303,7 +308,8 @@ def _fit_meanshift(X: np.ndarray, params: dict, budget: float) -> Fit:
         used["quantile"] = quantile
     fit_params = {k: v for k, v in used.items() if k != "quantile"}
     est = skcluster.MeanShift(**fit_params)
-    return Fit(est.fit_predict(X), used, est.cluster_centers_)
+    with threadpool_limits(1):  # one small neighbourhood query per seed and step, as for OPTICS
+        return Fit(est.fit_predict(X), used, est.cluster_centers_)
 
 
 def _fit_birch(X: np.ndarray, params: dict, budget: float) -> Fit:
@@ -546,7 +552,19 @@ Memory checked before the start (``memory_budget_gb``), and what happens over bu
   mixtures, AgglomerativeSingle (minimum spanning tree), OPTICS (core
   distances in chunks, reachabilities one point at a time), HDBSCAN's tree
   algorithms and MeanShift. OPTICS, MeanShift and single linkage take time
-  quadratic in n; ``max_samples`` caps MeanShift's in the configuration.
+  quadratic in n.
+
+Time, not memory, limits some algorithms first; the shipped configuration caps
+them with ``max_samples`` (measured on two cores by ``python -m
+cxrcluster.bench``): AffinityPropagation (1,000: its quadratic iterations took
+2 minutes at 5,228 images), OPTICS and MeanShift (10,000), Spectral (10,000:
+its eigensolver took 1.5 minutes at 20,000), KMedoids (10,000), ward,
+complete and average linkage (15,000: 1.5-2 minutes and 8.2 GiB at 32,768),
+single linkage (20,000: 1.5 minutes at 50,000) and Birch (20,000: its
+data-scaled threshold leaves too many subclusters for the global step at
+50,000). OPTICS and MeanShift
+run on one thread: their many one-row distance computations only pay thread
+synchronisation, which turned seconds into minutes on shared cores.
 """
 
 

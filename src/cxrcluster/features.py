@@ -5,7 +5,8 @@
 row, filled with NaN, and is named with its reason in the JSON sidecar
 ``features/<Model>.json``; clustering drops those rows and says how many. The
 sidecar also records the model, weights (and their SHA-256), input size,
-preprocessing, library versions, image count and time taken.
+preprocessing, the engine and precision of the forward pass
+(:mod:`cxrcluster.engines`), library versions, image count and time taken.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster import data, images, io, models
+from cxrcluster import data, engines, images, io, models
 
 #: Version of the layout of the ``.npy`` and its sidecar.
 FORMAT_VERSION = 1
@@ -92,8 +93,8 @@ def iter_batches(paths: Sequence[Path], size: int, batch_size: int, workers: int
 
 def extract_features(paths: Sequence[Path], model_name: str, weights: str = "imagenet", *,
                      image_names: Sequence[str] | None = None, batch_size: int = 32, workers: int = 2,
-                     max_bad_fraction: float = 0.05, seed: int = 0, progress: bool = True
-                     ) -> tuple[np.ndarray, dict]:
+                     max_bad_fraction: float = 0.05, seed: int = 0, progress: bool = True,
+                     engine: str = "tensorflow", precision: str = "fp32") -> tuple[np.ndarray, dict]:
     """Run every image through a backbone and return its pooled features.
 
     Parameters
@@ -119,6 +120,13 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         Seed of random initialisation (``weights="none"``).
     progress : bool
         Show a progress bar with images per second.
+    engine : {"tensorflow", "openvino"}
+        What runs the forward pass (:mod:`cxrcluster.engines`). The default,
+        TensorFlow in fp32, is the reference: byte-identical on rerun.
+    precision : {"fp32", "bf16"}
+        Arithmetic of the forward pass; bf16 only on CPUs with bf16
+        instructions (:class:`cxrcluster.engines.EngineUnavailableError`
+        otherwise). Both are recorded in the provenance.
 
     Returns
     -------
@@ -135,6 +143,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         raise ValueError(f"max_bad_fraction must be within [0, 1], got {max_bad_fraction}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    engines.check_engine(engine, precision)  # before the model is built
     names = list(image_names) if image_names is not None else [Path(p).name for p in paths]
     backbone = models.get_backbone(model_name)
     started = time.perf_counter()
@@ -142,9 +151,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
     preprocess = backbone.preprocess_input()
     size = backbone.input_size
 
-    @tf.function(input_signature=[tf.TensorSpec((batch_size, size, size, 3), tf.float32)], reduce_retracing=True)
-    def forward(x):
-        return model(preprocess(x), training=False)
+    forward = engines.make_forward(model, preprocess, batch_size, size, engine=engine, precision=precision)
 
     out = np.full((len(paths), backbone.feature_dim), np.nan, dtype=np.float32)
     bad: list[dict] = []
@@ -154,9 +161,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
     compute_started = time.perf_counter()
     for batch, errors in iter_batches(list(paths), size, batch_size, workers=workers):
         n = len(batch)
-        if n < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], np.float32)])
-        feats = forward(tf.constant(batch)).numpy()[:n]
+        feats = forward(batch)  # pads the last batch to batch_size: one graph, one set of numerics
         for i, err in enumerate(errors):
             if err is None:
                 out[row + i] = feats[i]
@@ -187,6 +192,9 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         "pooling": "global average",
         "feature_dim": backbone.feature_dim,
         "dtype": "float32",
+        "engine": engine,
+        "precision": precision,
+        "engine_settings": forward.info,
         "batch_size": batch_size,
         "seed": seed,
         "image_count": len(paths),
@@ -216,9 +224,12 @@ def _versions(keras, tf) -> dict:
     import PIL
     import sklearn
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "tensorflow": tf.__version__, "keras": keras.__version__, "pillow": PIL.__version__,
-            "scikit-learn": sklearn.__version__, "platform": platform.platform()}
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+                "tensorflow": tf.__version__, "keras": keras.__version__, "pillow": PIL.__version__,
+                "scikit-learn": sklearn.__version__, "platform": platform.platform()}
+    if engines.openvino_version():
+        versions["openvino"] = engines.openvino_version()
+    return versions
 
 
 def feature_paths(features_dir: str | os.PathLike, model_name: str) -> tuple[Path, Path]:
@@ -284,17 +295,21 @@ def load_features(features_dir: str | os.PathLike, model_name: str,
 
 
 def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, model_name: str,
-                    weights: str, features_dir: str | os.PathLike, **kwargs) -> tuple[np.ndarray, dict]:
+                    weights: str, features_dir: str | os.PathLike, *, engine: str = "tensorflow",
+                    precision: str = "fp32", **kwargs) -> tuple[np.ndarray, dict]:
     """Extract and save the features of every image listed in ``labels_csv``.
 
     Rows whose path is missing or escapes ``data_dir`` are refused before any
-    work (:class:`cxrcluster.data.DatasetError`). Keyword arguments go to
-    :func:`extract_features`. Returns what :func:`extract_features` returns.
+    work (:class:`cxrcluster.data.DatasetError`), and so is an unknown or
+    unavailable ``engine`` / ``precision`` (see :func:`extract_features`).
+    Other keyword arguments go to :func:`extract_features`. Returns what
+    :func:`extract_features` returns.
     """
+    engines.check_engine(engine, precision)
     labels = data.read_labels(labels_csv)
     paths = data.resolve_image_paths(labels, data_dir)
     X, provenance = extract_features(paths, model_name, weights, image_names=list(labels["image_name"]),
-                                     **kwargs)
+                                     engine=engine, precision=precision, **kwargs)
     provenance["labels_sha256"] = data.labels_fingerprint(labels["image_name"], labels["label"])
     provenance["data_dir"] = str(Path(data_dir).resolve())
     save_features(X, provenance, features_dir, model_name)
