@@ -231,7 +231,7 @@ lint: $(VENV_OK) ## ruff on src, tests and notebooks; committed notebooks must c
 
 .PHONY: bench
 bench: $(VENV_OK) ## measure extraction and clustering speed into reports/benchmarks.md (not part of test)
-	$(PY) -m cxrcluster.bench --out reports
+	$(PY) -m cxrcluster.bench --out reports/benchmarks --pipeline-default $(ENGINE)-$(PRECISION)
 
 .PHONY: lab
 lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel
