@@ -18,8 +18,8 @@ CONFIG ?= config/clustering.yaml#  algorithms, their parameters, seeds, feature 
 OUT ?= .#                       root of every output (a scratch folder keeps runs apart)
 BATCH_SIZE ?= 32
 WORKERS ?= 2
-ENGINE ?= tensorflow#           forward pass of extraction: tensorflow | openvino (see make bench)
-PRECISION ?= fp32#              fp32 (reference) | bf16 (CPUs with bf16 instructions)
+ENGINE ?= openvino#             forward pass of extraction: openvino | tensorflow (the reference); see make bench
+PRECISION ?= fp32#              fp32 | bf16 (CPUs with bf16 instructions; not safe for every backbone)
 PYTHON ?= python3#              interpreter that creates the virtual environment
 PYTEST_ARGS ?=
 

@@ -28,7 +28,9 @@ far its features move from fp32 depends on the network (the benchmark,
 ``python -m cxrcluster.bench``, measures it per model; MobileNetV2-0.35's
 ImageNet features fall to a cosine of 0.95 for some images), so it is never a
 default. TensorFlow fp32 is the reference and :func:`make_forward`'s default;
-OpenVINO fp32 gives the same features to about 1e-5 of the largest, faster.
+OpenVINO fp32 gives the same features to about 1e-5 of the largest, faster,
+and is what the pipeline runs by default (``make``'s ``ENGINE``, notebook 02's
+``engine``).
 """
 
 from __future__ import annotations

@@ -122,7 +122,9 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         Show a progress bar with images per second.
     engine : {"tensorflow", "openvino"}
         What runs the forward pass (:mod:`cxrcluster.engines`). The default,
-        TensorFlow in fp32, is the reference: byte-identical on rerun.
+        TensorFlow in fp32, is the reference: byte-identical on rerun. The
+        pipeline (``make``, notebook 02) runs OpenVINO fp32, also
+        byte-identical on rerun, within about 1e-5 of the reference and faster.
     precision : {"fp32", "bf16"}
         Arithmetic of the forward pass; bf16 only on CPUs with bf16
         instructions (:class:`cxrcluster.engines.EngineUnavailableError`
