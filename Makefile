@@ -46,7 +46,7 @@ INTERPRET_MODEL ?= $(firstword $(MODEL_LIST))#  the model whose Grad-CAM and sal
 
 # src/ code each stage calls (the package __init__ imports nothing)
 S := src/cxrcluster
-SRC_BASE := $(S)/__init__.py $(S)/io.py $(S)/paths.py
+SRC_BASE := $(S)/__init__.py $(S)/atomic.py $(S)/paths.py
 SRC_PREPARE := $(SRC_BASE) $(S)/data.py $(S)/demo.py
 SRC_AUDIT := $(SRC_BASE) $(S)/data.py $(S)/audit.py $(S)/figures.py
 SRC_EXTRACT := $(SRC_BASE) $(S)/data.py $(S)/images.py $(S)/models.py $(S)/engines.py $(S)/features.py

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cxrcluster import drift
-from cxrcluster.io import write_csv
+from cxrcluster.atomic import write_csv
 
 RESULTS = pd.DataFrame({
     "model": ["ResNet50", "ResNet50", "VGG16", "VGG16"],

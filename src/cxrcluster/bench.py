@@ -74,7 +74,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster import data, demo, engines, features, io, models
+from cxrcluster import atomic, data, demo, engines, features, models
 from cxrcluster.paths import DEMO_DATA_DIR, PROJECT_ROOT, resolve
 
 #: Real sample used when present (``<project>/../shared/data/cxr-sample``).
@@ -777,7 +777,7 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
         out = out / "benchmarks"
     csv_path, md_path = out.with_name(out.name + ".csv"), out.with_name(out.name + ".md")
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
-    io.write_csv(frame, csv_path)
+    atomic.write_csv(frame, csv_path)
     lines = [
         "# Benchmarks",
         "",
@@ -881,7 +881,7 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
         lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {v} |" for t, m, v in goals]
         lines.append("")
-    with io.atomic_open(md_path, "w") as fh:
+    with atomic.atomic_open(md_path, "w") as fh:
         fh.write("\n".join(lines))
     return md_path, csv_path
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster import data, engines, images, io, models
+from cxrcluster import atomic, data, engines, images, models
 
 #: Version of the layout of the ``.npy`` and its sidecar.
 FORMAT_VERSION = 1
@@ -244,8 +244,8 @@ def save_features(features: np.ndarray, provenance: dict, features_dir: str | os
                   model_name: str) -> Path:
     """Write the sidecar, then the ``.npy`` (the make target) last, each atomically."""
     npy, sidecar = feature_paths(features_dir, model_name)
-    io.write_json(provenance, sidecar)
-    io.write_npy(np.ascontiguousarray(features, dtype=np.float32), npy)
+    atomic.write_json(provenance, sidecar)
+    atomic.write_npy(np.ascontiguousarray(features, dtype=np.float32), npy)
     return npy
 
 

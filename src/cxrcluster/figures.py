@@ -22,7 +22,7 @@ from matplotlib.patches import Patch, Rectangle
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from cxrcluster.io import atomic_path
+from cxrcluster.atomic import atomic_path
 
 #: Colour-bar labels, with units, of the metrics in ``clustering_results.csv``.
 VALUE_LABELS = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrcluster import io
+from cxrcluster import atomic
 
 #: Results columns shown in the index's headline table.
 HEADLINE_COLUMNS = ["model", "clustering", "label_percentage_change", "raw_label_change", "ari", "nmi", "status"]
@@ -108,7 +108,7 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
             ".ok{background:#e3f4e1;border-left:6px solid #2e7d32;padding:.6em}"
             "table{border-collapse:collapse;font-size:90%}td,th{padding:2px 8px;border-bottom:1px solid #eee}"
             "</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    with io.atomic_open(index, "w", encoding="utf-8") as fh:
+    with atomic.atomic_open(index, "w", encoding="utf-8") as fh:
         fh.write(page)
     return index
 
