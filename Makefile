@@ -44,18 +44,21 @@ MASKS_CSV := $(OUT)/masked/reports/masks.csv
 COMPARISON := $(OUT)/reports/variants_comparison.csv
 INTERPRET_MODEL ?= $(firstword $(MODEL_LIST))#  the model whose Grad-CAM and saliency maps are drawn
 
-# src/ code each stage calls (the package __init__ imports nothing)
+# src/ code each stage calls: the import closure of each notebook (and of the index page's module),
+# computed from the code by cxrcluster.depgraph into an included file that make rebuilds (and then
+# re-reads) whenever a notebook or a src/ file changes. Editing a src/ file re-runs exactly the
+# notebooks that import it, directly or through another module; tests/test_makefile.py checks it.
 S := src/cxrcluster
-SRC_BASE := $(S)/__init__.py $(S)/atomic.py $(S)/paths.py
-SRC_PREPARE := $(SRC_BASE) $(S)/data.py $(S)/demo.py
-SRC_AUDIT := $(SRC_BASE) $(S)/data.py $(S)/audit.py $(S)/figures.py
-SRC_EXTRACT := $(SRC_BASE) $(S)/data.py $(S)/images.py $(S)/models.py $(S)/engines.py $(S)/features.py
-SRC_CLUSTER := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/clustering.py $(S)/metrics.py
-SRC_REPORT := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/figures.py $(S)/drift.py
-SRC_PROBE := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/figures.py $(S)/probe.py
-SRC_INTERPRET := $(SRC_BASE) $(S)/data.py $(S)/features.py $(S)/images.py $(S)/models.py $(S)/probe.py \
-    $(S)/saliency.py $(S)/clustering.py $(S)/drift.py
-SRC_MASK := $(SRC_BASE) $(S)/data.py $(S)/demo.py $(S)/images.py $(S)/masking.py
+SRC_DEPS_MK := .make/src-deps.mk
+SRC_STAGES := SRC_PREPARE=notebooks/00-prepare-data.ipynb SRC_AUDIT=notebooks/01-audit-data.ipynb \
+    SRC_EXTRACT=notebooks/02-extract-features.ipynb SRC_CLUSTER=notebooks/03-cluster.ipynb \
+    SRC_REPORT=notebooks/04-report.ipynb SRC_PROBE=notebooks/05-supervised.ipynb \
+    SRC_INTERPRET=notebooks/06-interpretability.ipynb SRC_MASK=notebooks/07-mask-lungs.ipynb \
+    SRC_COMPARE=notebooks/08-compare-variants.ipynb SRC_INDEX=cxrcluster.report SRC_DEMO=cxrcluster.demo
+$(SRC_DEPS_MK): $(wildcard notebooks/*.ipynb) $(shell find $(S) -name '*.py') Makefile
+	@mkdir -p $(@D)
+	@PYTHONPATH=src $(PYTHON) -m cxrcluster.depgraph --make $(SRC_STAGES) > $@.$$$$.tmp && mv -f $@.$$$$.tmp $@
+include $(SRC_DEPS_MK)
 
 # The demo data is generated when it is the data folder in use.
 DATA_PREREQ := $(if $(filter $(abspath $(DEMO_DIR)),$(abspath $(DATA_DIR))),$(DEMO_MARKER))
@@ -101,7 +104,7 @@ $(VENV_OK): requirements.txt requirements-source.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (cxrcluster)"
 	touch $@
 
-$(DEMO_MARKER): $(S)/demo.py | $(VENV_OK)
+$(DEMO_MARKER): $(SRC_DEMO) | $(VENV_OK)
 	$(PY) -m cxrcluster.demo $(DEMO_DIR)
 
 # -- value stamps --
@@ -133,16 +136,22 @@ $(MASKS_CSV): notebooks/07-mask-lungs.ipynb $(OUT)/.make/dataset $(OUT)/.make/ma
 $(OUT)/masked/.make/dataset: FORCE $(MASKS_CSV)
 	$(call stamp,$(call dataset_stamp,$(MASKED_DATA)))
 
+# $(call label_csvs,OUTROOT,MODEL): the label CSVs that the model's clustering wrote, as listed by
+# notebook 03 in results/<Model>.label_csvs.txt (read by make itself, no process started), so that the
+# clustering rule declares them as its products and a deleted one is made again.
+label_csvs = $(if $(wildcard $(1)/results/$(2).label_csvs.txt),\
+    $(addprefix $(1)/clustering_labels/,$(file <$(1)/results/$(2).label_csvs.txt)))
+
 # $(call variant_rules,OUTROOT,DATA,DATASET_STAMP): notebooks 00 to 06 on one variant's data.
 define variant_rules
 $(1)/original_labels.csv $(1)/reports/dataset.json &: notebooks/00-prepare-data.ipynb $(3) $(SRC_PREPARE) | $(VENV_OK)
-	$$(call papermill,00-prepare-data,00-prepare-data,-r data_dir $(2) -r labels_csv $(1)/original_labels.csv \
+	$$(call papermill,00-prepare-data,00-prepare-data,-r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv \
 	    -r dataset_json $(1)/reports/dataset.json -p make_demo_if_missing False,$(1))
 
 # 01: the dataset audit, ahead of extraction
 $(1)/reports/audit/confound.json $(1)/reports/duplicates.csv &: notebooks/01-audit-data.ipynb \
     $(1)/original_labels.csv $(1)/reports/dataset.json $(3) $(SRC_AUDIT) | $(VENV_OK)
-	$$(call papermill,01-audit-data,01-audit-data,-r data_dir $(2) -r labels_csv $(1)/original_labels.csv \
+	$$(call papermill,01-audit-data,01-audit-data,-r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv \
 	    -r dataset_json $(1)/reports/dataset.json -r audit_dir $(1)/reports/audit \
 	    -r duplicates_csv $(1)/reports/duplicates.csv -r figures_dir $(1)/reports/figures,$(1))
 
@@ -151,10 +160,10 @@ $(foreach m,$(MODEL_LIST),$(call model_rules,$(1),$(2),$(3),$(m)))
 
 # 04: the report
 $(1)/clustering_results.csv $(1)/label_drift.csv &: notebooks/04-report.ipynb \
-    $(foreach m,$(MODEL_LIST),$(1)/results/$(m).csv) $(1)/reports/dataset.json \
+    $(foreach m,$(MODEL_LIST),$(1)/results/$(m).csv $(call label_csvs,$(1),$(m))) $(1)/reports/dataset.json \
     $(1)/reports/audit/confound.json $(OUT)/.make/models $(SRC_REPORT) | $(VENV_OK)
 	$$(call papermill,04-report,04-report,-r models "$(MODEL_LIST)" -r data_dir $(2) \
-	    -r labels_csv $(1)/original_labels.csv -r results_dir $(1)/results -r labels_dir $(1)/clustering_labels \
+	    -r original_labels_csv $(1)/original_labels.csv -r results_dir $(1)/results -r clustering_labels_dir $(1)/clustering_labels \
 	    -r features_dir $(1)/features -r dataset_json $(1)/reports/dataset.json \
 	    -r confound_json $(1)/reports/audit/confound.json -r results_csv $(1)/clustering_results.csv \
 	    -r drift_csv $(1)/label_drift.csv -r figures_dir $(1)/reports/figures,$(1))
@@ -163,7 +172,7 @@ $(1)/clustering_results.csv $(1)/label_drift.csv &: notebooks/04-report.ipynb \
 $(1)/classification_results.csv: notebooks/05-supervised.ipynb $(1)/clustering_results.csv \
     $(foreach m,$(MODEL_LIST),$(1)/features/$(m).npy) $(OUT)/.make/models $(SRC_PROBE) | $(VENV_OK)
 	$$(call papermill,05-supervised,05-supervised,-r models "$(MODEL_LIST)" -r data_dir $(2) \
-	    -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
 	    -r results_csv $(1)/clustering_results.csv -r classification_csv $(1)/classification_results.csv \
 	    -r dataset_json $(1)/reports/dataset.json -r figures_dir $(1)/reports/figures,$(1))
 
@@ -172,8 +181,8 @@ $(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/lab
     $(1)/features/$(INTERPRET_MODEL).npy $(CONFIG) $(OUT)/.make/extraction $(OUT)/.make/models \
     $(SRC_INTERPRET) | $(VENV_OK)
 	$$(call papermill,06-interpretability,06-interpretability,-r model $(INTERPRET_MODEL) -r weights $(WEIGHTS) \
-	    -r data_dir $(2) -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
-	    -r labels_dir $(1)/clustering_labels -r drift_csv $(1)/label_drift.csv -r config $(CONFIG) \
+	    -r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -r clustering_labels_dir $(1)/clustering_labels -r drift_csv $(1)/label_drift.csv -r config $(CONFIG) \
 	    -r dataset_json $(1)/reports/dataset.json -r summary_json $(1)/reports/interpretability.json \
 	    -r figures_dir $(1)/reports/figures,$(1))
 
@@ -181,7 +190,7 @@ $(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/lab
 $(1)/reports/index.html: $(1)/clustering_results.csv $(1)/label_drift.csv $(1)/reports/duplicates.csv \
     $(1)/classification_results.csv $(1)/reports/interpretability.json \
     $(if $(and $(filter masked,$(VARIANT)),$(filter $(OUT),$(1))),$(COMPARISON)) \
-    $(S)/report.py $(SRC_BASE) | $(VENV_OK)
+    $(SRC_INDEX) | $(VENV_OK)
 	$(PY) -m cxrcluster.report $(1)
 endef
 
@@ -190,13 +199,13 @@ define model_rules
 $(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels.csv $(3) $(OUT)/.make/extraction \
     $(SRC_EXTRACT) | $(VENV_OK) $(1)/reports/audit/confound.json
 	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(4) -r weights $(WEIGHTS) \
-	    -r data_dir $(2) -r labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
 	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS) -r engine $(ENGINE) -r precision $(PRECISION),$(1))
 
-$(1)/results/$(4).csv: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
+$(1)/results/$(4).csv $(1)/results/$(4).label_csvs.txt $(call label_csvs,$(1),$(4)) &: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
     $(SRC_CLUSTER) | $(VENV_OK)
-	$$(call papermill,03-cluster,03-cluster-$(4),-r model $(4) -r labels_csv $(1)/original_labels.csv \
-	    -r features_dir $(1)/features -r config $(CONFIG) -r labels_dir $(1)/clustering_labels \
+	$$(call papermill,03-cluster,03-cluster-$(4),-r model $(4) -r original_labels_csv $(1)/original_labels.csv \
+	    -r features_dir $(1)/features -r config $(CONFIG) -r clustering_labels_dir $(1)/clustering_labels \
 	    -r results_dir $(1)/results,$(1))
 
 endef
@@ -206,8 +215,8 @@ $(eval $(call variant_rules,$(OUT)/masked,$(MASKED_DATA),$(OUT)/masked/.make/dat
 
 # 08: full versus lung-masked, side by side
 $(COMPARISON): notebooks/08-compare-variants.ipynb $(OUT)/clustering_results.csv $(OUT)/classification_results.csv \
-    $(OUT)/masked/clustering_results.csv $(OUT)/masked/classification_results.csv $(SRC_BASE) $(S)/figures.py \
-    | $(VENV_OK)
+    $(OUT)/masked/clustering_results.csv $(OUT)/masked/classification_results.csv $(OUT)/reports/dataset.json \
+    $(SRC_COMPARE) | $(VENV_OK)
 	$(call papermill,08-compare-variants,08-compare-variants,-r full_dir $(OUT) -r masked_dir $(OUT)/masked \
 	    -r comparison_csv $(COMPARISON) -r figures_dir $(OUT)/reports/figures,$(OUT))
 

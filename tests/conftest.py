@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from cxrcluster.paths import PROJECT_ROOT
@@ -41,3 +43,15 @@ KERAS_HOME = _offline_keras_home()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 needs_weights = pytest.mark.skipif(
     not HAVE_WEIGHTS, reason=f"MobileNetV2-0.35 ImageNet weights not found in {WEIGHTS_MODELS_DIR} (../shared absent)")
+
+
+#: A hand-written results table of two models x three algorithms. The failed run has the lowest
+#: change: it must neither be drawn nor chosen as best; DBSCAN and Spectral tie for ResNet50.
+HAND_MADE_RESULTS = pd.DataFrame({
+    "model": ["ResNet50", "ResNet50", "ResNet50", "VGG16", "VGG16", "VGG16"],
+    "clustering": ["KMeans", "DBSCAN", "Spectral", "KMeans", "DBSCAN", "Spectral"],
+    "label_percentage_change": [30.0, 12.5, 12.5, 41.25, np.nan, 1.0],
+    "ari": [0.2, 0.31, 0.45, 0.1, np.nan, 0.9],
+    "wall_time_s": [0.5, 2.0, 40.0, 0.0, np.nan, 3.0],
+    "status": ["ok", "ok", "ok", "ok", "skipped: too few points", "failed: out of memory"],
+})

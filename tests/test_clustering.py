@@ -277,6 +277,16 @@ def test_prepare_features_variance_fraction():
     assert prepared.shape[1] <= 3
 
 
+def test_fit_preparation_matches_prepare_features_and_transforms_alike():
+    X, _ = make_blobs(n_samples=60, n_features=8, random_state=0)
+    preparation = {"standardize": True, "pca": 3, "l2_normalize": True}
+    prepared, fitted = clustering.fit_preparation(X, preparation)
+    expected, description = clustering.prepare_features(X, preparation)
+    np.testing.assert_allclose(prepared, expected, rtol=1e-10)
+    np.testing.assert_allclose(fitted.transform(X), prepared, rtol=1e-10)
+    assert fitted.description == description == "standardize+pca(3)+l2"
+
+
 def test_load_config_rejects_unknown_algorithms(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algorithms:\n  KMeans: {}\n  KMeanz: {}\n  Kmedoids: {enabled: true}\n")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrcluster import drift
+from cxrcluster import drift, results
 from cxrcluster.atomic import write_csv
 
 RESULTS = pd.DataFrame({
@@ -25,7 +25,7 @@ RESULTS = pd.DataFrame({
 
 def _frame(rows):
     """rows: (image_name, label, cluster, matched_label or '', changed)."""
-    return pd.DataFrame(rows, columns=drift.LABEL_FRAME_COLUMNS)
+    return pd.DataFrame(rows, columns=results.LABEL_FRAME_COLUMNS)
 
 
 # Four images, three ok runs and one failed run whose labels must be ignored.
@@ -112,7 +112,7 @@ def test_noise_or_unmatched_is_a_target_of_its_own(tmp_path: Path):
 def test_load_label_frames_reads_only_ok_runs_and_types_columns(tmp_path: Path):
     for key, frame in FRAMES.items():
         write_csv(frame, tmp_path / f"{key}.csv")
-    frames = drift.load_label_frames(RESULTS, tmp_path)
+    frames = results.load_label_frames(RESULTS, tmp_path)
     assert list(frames) == ["ResNet50_KMeans", "ResNet50_DBSCAN", "VGG16_KMeans"]
     loaded = frames["ResNet50_DBSCAN"]
     assert loaded["changed"].dtype == bool
@@ -123,7 +123,7 @@ def test_load_label_frames_reads_only_ok_runs_and_types_columns(tmp_path: Path):
 def test_missing_labels_of_an_ok_run_raise(tmp_path: Path):
     write_csv(FRAMES["ResNet50_KMeans"], tmp_path / "ResNet50_KMeans.csv")
     with pytest.raises(FileNotFoundError, match="ResNet50_DBSCAN"):
-        drift.load_label_frames(RESULTS, tmp_path)
+        results.load_label_frames(RESULTS, tmp_path)
 
 
 def test_folder_without_results_is_refused(tmp_path: Path):

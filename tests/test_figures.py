@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import HAND_MADE_RESULTS as RESULTS
 from matplotlib.patches import Rectangle
 from sklearn.datasets import make_blobs
 
@@ -18,15 +19,6 @@ from cxrcluster import figures
 
 NOTE = "synthetic demo data - not evidence"
 
-RESULTS = pd.DataFrame({
-    "model": ["ResNet50", "ResNet50", "ResNet50", "VGG16", "VGG16", "VGG16"],
-    "clustering": ["KMeans", "DBSCAN", "Spectral", "KMeans", "DBSCAN", "Spectral"],
-    # The failed run has the lowest change: it must neither be drawn nor chosen as best.
-    "label_percentage_change": [30.0, 12.5, 12.5, 41.25, np.nan, 1.0],
-    "ari": [0.2, 0.31, 0.45, 0.1, np.nan, 0.9],
-    "wall_time_s": [0.5, 2.0, 40.0, 0.0, np.nan, 3.0],
-    "status": ["ok", "ok", "ok", "ok", "skipped: too few points", "failed: out of memory"],
-})
 
 
 def _texts(ax) -> list[str]:
@@ -65,13 +57,6 @@ def test_heatmap_marks_absent_runs_as_missing():
 def test_heatmap_rejects_an_unknown_metric():
     with pytest.raises(KeyError, match="accuracy"):
         figures.heatmap(RESULTS, value="accuracy")
-
-
-def test_best_algorithm_ignores_runs_that_are_not_ok_and_breaks_ties_by_ari():
-    assert figures.best_algorithm(RESULTS, "ResNet50") == "Spectral"  # 12.5 %, ARI 0.45 beats 0.31
-    assert figures.best_algorithm(RESULTS, "VGG16") == "KMeans"  # not the failed Spectral run
-    with pytest.raises(ValueError, match="DenseNet121"):
-        figures.best_algorithm(RESULTS, "DenseNet121")
 
 
 def test_confusion_figure_counts_class_by_matched_cluster():

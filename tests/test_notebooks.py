@@ -1,4 +1,4 @@
-"""Every notebook executed headlessly through papermill on tiny inputs, as a researcher's run would."""
+"""Every notebook, 00 to 08, executed headlessly through papermill on tiny inputs, as a researcher's run would."""
 
 import json
 from pathlib import Path
@@ -39,13 +39,13 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     out.mkdir()
     labels_csv, dataset_json = out / "original_labels.csv", out / "reports" / "dataset.json"
 
-    execute("00-prepare-data", out, data_dir=str(data_dir), labels_csv=str(labels_csv),
+    execute("00-prepare-data", out, data_dir=str(data_dir), original_labels_csv=str(labels_csv),
             dataset_json=str(dataset_json))
     labels = pd.read_csv(labels_csv)
     assert list(labels.columns) == ["image_name", "label", "path"] and len(labels) == 18
     assert json.loads(dataset_json.read_text())["synthetic"] is True
 
-    execute("01-audit-data", out, data_dir=str(data_dir), labels_csv=str(labels_csv),
+    execute("01-audit-data", out, data_dir=str(data_dir), original_labels_csv=str(labels_csv),
             dataset_json=str(dataset_json), audit_dir=str(out / "audit"),
             duplicates_csv=str(out / "duplicates.csv"), figures_dir=str(out / "figures"))
     assert len(pd.read_csv(out / "audit" / "metadata.csv")) == 18
@@ -54,7 +54,7 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     assert (out / "figures" / "audit.png").stat().st_size > 1000
 
     execute("02-extract-features", out, model="MobileNetV2-0.35", weights="none", data_dir=str(data_dir),
-            labels_csv=str(labels_csv), features_dir=str(out / "features"), batch_size=8)
+            original_labels_csv=str(labels_csv), features_dir=str(out / "features"), batch_size=8)
     X = np.load(out / "features" / "MobileNetV2-0.35.npy", allow_pickle=False)
     assert X.shape == (18, 1280) and X.dtype == np.float32
     assert json.loads((out / "features" / "MobileNetV2-0.35.json").read_text())["trained"] is False
@@ -67,9 +67,9 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     stale = out / "clustering_labels" / "MobileNetV2-0.35_Removed.csv"
     stale.parent.mkdir()
     stale.write_text("image_name,label,cluster,matched_label,changed\n")
-    execute("03-cluster", out, model="MobileNetV2-0.35", labels_csv=str(labels_csv),
+    execute("03-cluster", out, model="MobileNetV2-0.35", original_labels_csv=str(labels_csv),
             features_dir=str(out / "features"), config=str(out / "clustering.yaml"),
-            labels_dir=str(out / "clustering_labels"), results_dir=str(out / "results"))
+            clustering_labels_dir=str(out / "clustering_labels"), results_dir=str(out / "results"))
     results = pd.read_csv(out / "results" / "MobileNetV2-0.35.csv")
     assert results["clustering"].tolist() == keep
     assert list(results.columns[:3]) == ["model", "clustering", "label_percentage_change"]
@@ -80,8 +80,8 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
         assert list(table.columns) == ["image_name", "label", "cluster", "matched_label", "changed"]
         assert table["image_name"].tolist() == labels["image_name"].tolist()
 
-    execute("04-report", out, models="MobileNetV2-0.35", data_dir=str(data_dir), labels_csv=str(labels_csv),
-            results_dir=str(out / "results"), labels_dir=str(out / "clustering_labels"),
+    execute("04-report", out, models="MobileNetV2-0.35", data_dir=str(data_dir), original_labels_csv=str(labels_csv),
+            results_dir=str(out / "results"), clustering_labels_dir=str(out / "clustering_labels"),
             features_dir=str(out / "features"), dataset_json=str(dataset_json),
             confound_json=str(out / "audit" / "confound.json"), results_csv=str(out / "clustering_results.csv"),
             drift_csv=str(out / "label_drift.csv"), figures_dir=str(out / "figures"), embedding="pca")
@@ -93,3 +93,58 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     for name in ["label_change_heatmap", "ari_heatmap", "walltime", "confusion_MobileNetV2-0.35",
                  "embedding_MobileNetV2-0.35", "drift_gallery"]:
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+
+    # 05: the linear probe on the same features, beside the clustering
+    execute("05-supervised", out, models="MobileNetV2-0.35", data_dir=str(data_dir),
+            original_labels_csv=str(labels_csv), features_dir=str(out / "features"),
+            results_csv=str(out / "clustering_results.csv"), dataset_json=str(dataset_json),
+            classification_csv=str(out / "classification_results.csv"), figures_dir=str(out / "figures"),
+            n_splits=3)
+    probe = pd.read_csv(out / "classification_results.csv")
+    assert probe["model"].tolist() == ["MobileNetV2-0.35"]
+    assert probe.loc[0, "n_images"] == 18 and probe.loc[0, "n_splits"] == 3
+    assert 0 <= probe.loc[0, "accuracy_mean"] <= 1 and not probe.loc[0, "grouped_by_patient"]
+    for name in ["probe_confusion_MobileNetV2-0.35", "supervised_vs_clustering"]:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+
+    # 06: Grad-CAM and saliency through the probe, and the KMeans cluster's Grad-CAM for drifted images
+    execute("06-interpretability", out, model="MobileNetV2-0.35", weights="none", data_dir=str(data_dir),
+            original_labels_csv=str(labels_csv), features_dir=str(out / "features"),
+            clustering_labels_dir=str(out / "clustering_labels"), drift_csv=str(out / "label_drift.csv"),
+            config=str(out / "clustering.yaml"), dataset_json=str(dataset_json),
+            summary_json=str(out / "interpretability.json"), figures_dir=str(out / "figures"),
+            per_class=1, n_drifted=2, smoothgrad_n=2)
+    summary = json.loads((out / "interpretability.json").read_text())
+    assert summary["trained"] is False and summary["cluster_algorithm"] == "KMeans"
+    assert len(summary["examples"]) == 3 and set(summary["examples"]) <= set(labels["image_name"])
+    assert summary["drifted"] == drifted["image_name"].head(2).tolist()
+    assert 0 <= summary["cluster_model_agrees"] <= 2
+    for name in summary["figures"]:
+        assert (out / "figures" / name).stat().st_size > 1000, name
+
+    # 07: the lung-masked copy of the data, same names, with its mask report
+    masked_data = out / "masked" / "data"
+    execute("07-mask-lungs", out, data_dir=str(data_dir), masked_dir=str(masked_data),
+            masks_csv=str(out / "masked" / "masks.csv"), figures_dir=str(out / "masked" / "figures"))
+    masks = pd.read_csv(out / "masked" / "masks.csv")
+    assert sorted(masks["image_name"]) == sorted(labels["image_name"])
+    assert masks["lung_fraction"].between(0, 1).all()
+    assert sorted(p.relative_to(masked_data).as_posix() for p in masked_data.rglob("*.png")) == \
+        sorted(labels["path"])
+    assert (out / "masked" / "figures" / "mask_qa.png").stat().st_size > 1000
+
+    # 08: full versus masked, here with a masked variant whose results are written by hand
+    masked_root = out / "masked"
+    (masked_root / "reports").mkdir(exist_ok=True)
+    gathered.assign(label_percentage_change=gathered["label_percentage_change"] + 5.0).to_csv(
+        masked_root / "clustering_results.csv", index=False)
+    probe.assign(accuracy_mean=0.5).to_csv(masked_root / "classification_results.csv", index=False)
+    execute("08-compare-variants", out, full_dir=str(out), masked_dir=str(masked_root),
+            comparison_csv=str(out / "comparison.csv"), figures_dir=str(out / "figures"))
+    comparison = pd.read_csv(out / "comparison.csv").set_index("model").loc["MobileNetV2-0.35"]
+    ok = gathered[gathered["status"] == "ok"]
+    assert comparison["best_label_change_full"] == pytest.approx(ok["label_percentage_change"].min())
+    assert comparison["best_label_change_masked"] == pytest.approx(ok["label_percentage_change"].min() + 5.0)
+    assert comparison["probe_accuracy_full"] == pytest.approx(probe.loc[0, "accuracy_mean"])
+    assert comparison["probe_accuracy_masked"] == 0.5
+    assert (out / "figures" / "variants_comparison.png").stat().st_size > 1000

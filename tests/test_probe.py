@@ -202,7 +202,7 @@ def test_finetune_scores_only_the_held_out_patients(tmp_path):
 
 def test_a_probe_that_does_not_converge_is_counted_and_warned(fixture_data, monkeypatch):
     X, y = fixture_data
-    monkeypatch.setattr(probe, "MAX_ITER", 2)
+    monkeypatch.setattr(probe.linear, "MAX_ITER", 2)
     with pytest.warns(Warning, match="did not converge in 2 iterations"):
         result = probe.linear_probe_cv(X, y, n_splits=3)
     assert result.summary["n_not_converged"] == 3

@@ -160,7 +160,8 @@ def expected_scores(distances: np.ndarray, score: str) -> np.ndarray:
 ], ids=["standardize+pca", "standardize+pca+l2", "none"])
 def test_cluster_score_argmax_is_the_kmeans_assignment(small_backbone, preparation, score):
     backbone, batch, feats, _ = small_backbone
-    X_prepared, scaler, pca, l2 = saliency.fit_preparation(feats, preparation)
+    X_prepared, fitted = clustering.fit_preparation(feats, preparation)
+    scaler, pca, l2 = fitted.scaler, fitted.pca, fitted.l2_normalize
     kmeans = KMeans(3, n_init=10, random_state=0).fit(X_prepared)
     W, b = saliency.preparation_dense(scaler, pca, n_features=feats.shape[1])
     model = saliency.cluster_score_model("MobileNetV2-0.35", "none", kmeans.cluster_centers_, (W, b),
@@ -180,7 +181,8 @@ def test_cluster_score_argmax_is_the_kmeans_assignment(small_backbone, preparati
 def test_preparation_dense_equals_the_fitted_steps(whiten):
     X, _ = make_blobs(n_samples=80, n_features=10, centers=3, random_state=1)
     X = X * np.arange(1, 11)
-    prepared, scaler, pca, _ = saliency.fit_preparation(X, {"standardize": True, "pca": 5})
+    prepared, fitted = clustering.fit_preparation(X, {"standardize": True, "pca": 5})
+    scaler, pca = fitted.scaler, fitted.pca
     if whiten:
         from sklearn.decomposition import PCA
         pca = PCA(5, whiten=True, svd_solver="covariance_eigh").fit(scaler.transform(X))
@@ -192,7 +194,7 @@ def test_preparation_dense_equals_the_fitted_steps(whiten):
 def test_fit_preparation_matches_the_clustering_suite():
     X, _ = make_blobs(n_samples=120, n_features=30, centers=4, random_state=5)
     for preparation in ({"standardize": True, "pca": 10}, {"standardize": True, "pca": 0.8, "l2_normalize": True}):
-        ours = saliency.fit_preparation(X, preparation)[0]
+        ours = clustering.fit_preparation(X, preparation)[0]
         theirs, _ = clustering.prepare_features(X, preparation)
         np.testing.assert_allclose(ours, theirs, atol=1e-9)
 
@@ -248,7 +250,8 @@ def test_real_backbone_heads_match_extracted_features():
     cam = saliency.grad_cam(model, batch[0], classes.index(labels["label"].iloc[rows[0]]))
     assert cam.shape == (224, 224) and cam.std() > 0.05
 
-    X_prepared, scaler, pca, _ = saliency.fit_preparation(feats, {"standardize": True, "pca": 4})
+    X_prepared, fitted = clustering.fit_preparation(feats, {"standardize": True, "pca": 4})
+    scaler, pca = fitted.scaler, fitted.pca
     kmeans = KMeans(3, n_init=10, random_state=0).fit(X_prepared)
     scores = saliency.cluster_score_model("MobileNetV2-0.35", "imagenet", kmeans.cluster_centers_,
                                           saliency.preparation_dense(scaler, pca), backbone=backbone)(batch)

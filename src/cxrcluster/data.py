@@ -5,17 +5,26 @@ The layout is the Kaggle chest X-ray dataset's: ``<root>/COVID/*.png``,
 (``<root>/train/COVID/...``, ``<root>/test/COVID/...``). The class of an image
 is the name of the folder that holds it, with common spellings folded into one
 class name (``COVID19``, ``COVID-19`` and ``covid`` are all ``COVID``).
+
+This module owns the two files that describe the data to every later step:
+``original_labels.csv`` (:func:`read_labels`) and ``reports/dataset.json``
+(:func:`describe_dataset`, :func:`write_dataset_description`,
+:func:`read_dataset_description`), and the note that every figure carries to say
+which data it shows (:func:`data_note`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
+
+from cxrcluster import atomic, demo
 
 #: File endings read as images (compared case-insensitively).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -202,3 +211,72 @@ def labels_fingerprint(image_names: Iterable[str], labels: Iterable[str]) -> str
     for name, label in zip(image_names, labels, strict=True):
         h.update(f"{name}\t{label}\n".encode())
     return h.hexdigest()
+
+
+#: The note of figures drawn from the synthetic demo data (:func:`data_note`).
+SYNTHETIC_NOTE = "SYNTHETIC demo data, not evidence"
+
+
+def describe_dataset(labels: pd.DataFrame, data_dir: str | os.PathLike) -> dict:
+    """Describe a scanned dataset for the reports: folder, synthetic or not, counts, fingerprint.
+
+    Parameters
+    ----------
+    labels : pandas.DataFrame
+        ``original_labels.csv`` (:func:`scan_dataset` or :func:`read_labels`).
+    data_dir : path-like
+        The folder the labels were scanned from.
+
+    Returns
+    -------
+    dict
+        ``data_dir`` (str), ``synthetic`` (bool: the demo data's marker file is
+        there), ``n_images``, ``classes`` (class -> image count, sorted by
+        class) and ``labels_sha256`` (:func:`labels_fingerprint`).
+    """
+    counts = labels["label"].value_counts().sort_index()
+    return {
+        "data_dir": str(data_dir),
+        "synthetic": demo.is_synthetic(data_dir),
+        "n_images": len(labels),
+        "classes": {str(k): int(v) for k, v in counts.items()},
+        "labels_sha256": labels_fingerprint(labels["image_name"], labels["label"]),
+    }
+
+
+def write_dataset_description(description: dict, path: str | os.PathLike) -> None:
+    """Write a dataset description (:func:`describe_dataset`) atomically as JSON."""
+    atomic.write_json(description, path)
+
+
+def read_dataset_description(path: str | os.PathLike) -> dict:
+    """Read ``reports/dataset.json``, checking it has the keys the reports use.
+
+    Raises
+    ------
+    KeyError
+        Naming the keys that are missing.
+    """
+    description = json.loads(Path(path).read_text(encoding="utf-8"))
+    missing = [k for k in ("data_dir", "synthetic", "n_images", "classes") if k not in description]
+    if missing:
+        raise KeyError(f"{path} lacks {missing}; rerun 00-prepare-data")
+    return description
+
+
+def data_note(description: dict) -> str:
+    """What a figure's title says about its data: synthetic, or how many images from where.
+
+    Parameters
+    ----------
+    description : dict
+        A dataset description (:func:`describe_dataset`).
+
+    Returns
+    -------
+    str
+        :data:`SYNTHETIC_NOTE` for the demo data, else ``"<n> images from <folder>"``.
+    """
+    if description["synthetic"]:
+        return SYNTHETIC_NOTE
+    return f"{description['n_images']} images from {description['data_dir']}"

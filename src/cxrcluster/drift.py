@@ -9,7 +9,8 @@ of successful runs in which it changed and the class it most often moved to;
 :func:`plot_drift_gallery` shows the most-drifted images of each class.
 
 Only runs with status ``ok`` in ``clustering_results.csv`` count: a failed or
-skipped run says nothing about an image.
+skipped run says nothing about an image. The label CSVs and statuses are read
+through :mod:`cxrcluster.results`.
 """
 
 from __future__ import annotations
@@ -24,95 +25,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cxrcluster.figures import with_data_note
+from cxrcluster.results import load_label_frames, ok_combinations, parse_bool_column
 
 #: Target of a changed image whose cluster is noise or matched to no class.
 NOISE_TARGET = "noise/unmatched"
 
 #: Columns of the frame returned by :func:`label_drift`.
 DRIFT_COLUMNS = ["image_name", "label", "n_combinations", "n_changed", "drift_share", "most_common_target"]
-
-LABEL_FRAME_COLUMNS = ["image_name", "label", "cluster", "matched_label", "changed"]
-
-
-def combination_key(model: str, algorithm: str) -> str:
-    """Name of a model x algorithm combination, as in ``clustering_labels/<Model>_<Algo>.csv``."""
-    return f"{model}_{algorithm}"
-
-
-def _is_ok(status) -> bool:
-    return pd.notna(status) and str(status).split(":", 1)[0].strip() == "ok"
-
-
-def ok_combinations(results: pd.DataFrame) -> list[str]:
-    """Keys (:func:`combination_key`) of the runs with status ``ok``, in results order."""
-    ok = results[results["status"].map(_is_ok)]
-    return [combination_key(m, a) for m, a in zip(ok["model"], ok["clustering"], strict=True)]
-
-
-def _as_bool(values: pd.Series) -> pd.Series:
-    """Parse a ``changed`` column written as True/False (or 1/0) into booleans."""
-    if values.dtype == bool:
-        return values
-    text = values.astype(str).str.strip().str.lower()
-    known = text.isin(["true", "false", "1", "0", "1.0", "0.0"])
-    if not known.all():
-        raise ValueError(f"'changed' holds values other than True/False: {sorted(set(text[~known]))[:5]}")
-    return text.isin(["true", "1", "1.0"])
-
-
-def read_label_frame(path: str | os.PathLike) -> pd.DataFrame:
-    """Read one ``clustering_labels/<Model>_<Algo>.csv`` with typed columns.
-
-    Parameters
-    ----------
-    path : path-like
-        The CSV file.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``image_name, label, cluster, matched_label, changed``;
-        ``matched_label`` is the empty string for noise and unmatched clusters
-        and ``changed`` is boolean.
-    """
-    frame = pd.read_csv(path, dtype={"image_name": str, "label": str, "matched_label": str},
-                        keep_default_na=False, na_values={"cluster": [""]})
-    missing = [c for c in LABEL_FRAME_COLUMNS if c not in frame.columns]
-    if missing:
-        raise KeyError(f"{path} lacks column(s) {missing}")
-    frame["changed"] = _as_bool(frame["changed"])
-    return frame
-
-
-def load_label_frames(results: pd.DataFrame, labels_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """Load the per-image labels of every run with status ``ok``.
-
-    Parameters
-    ----------
-    results : pandas.DataFrame
-        ``clustering_results.csv`` (columns ``model``, ``clustering``, ``status``).
-    labels_dir : path-like
-        The ``clustering_labels/`` folder.
-
-    Returns
-    -------
-    dict of str to pandas.DataFrame
-        Keyed by :func:`combination_key`, in results order.
-
-    Raises
-    ------
-    FileNotFoundError
-        If an ``ok`` run has no labels file: the results and the labels are
-        out of step and the drift would silently miss a run.
-    """
-    labels_dir = Path(labels_dir)
-    frames = {}
-    for key in ok_combinations(results):
-        path = labels_dir / f"{key}.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing although {key} has status ok in the results")
-        frames[key] = read_label_frame(path)
-    return frames
 
 
 def label_drift(
@@ -124,7 +43,7 @@ def label_drift(
     Parameters
     ----------
     label_frames : mapping of str to pandas.DataFrame, or path-like
-        Per-run label frames keyed by :func:`combination_key` (columns
+        Per-run label frames keyed by :func:`cxrcluster.results.combination_key` (columns
         ``image_name, label, matched_label, changed``), or the
         ``clustering_labels/`` folder, which then requires ``results``.
     results : pandas.DataFrame, optional
@@ -163,7 +82,7 @@ def label_drift(
         if frame["image_name"].duplicated().any():
             raise ValueError(f"label frame {key!r} lists an image more than once")
         part = frame[["image_name", "label", "matched_label", "changed"]].copy()
-        part["changed"] = _as_bool(part["changed"])
+        part["changed"] = parse_bool_column(part["changed"])
         part["combination"] = key
         parts.append(part)
     if not parts:

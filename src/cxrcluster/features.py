@@ -296,6 +296,36 @@ def load_features(features_dir: str | os.PathLike, model_name: str,
     return X.astype(np.float32, copy=False), provenance
 
 
+def readable_rows(X: np.ndarray) -> np.ndarray:
+    """Which feature rows belong to images that could be read (unreadable images have NaN rows)."""
+    return ~np.isnan(np.asarray(X, dtype=float)).any(axis=1)
+
+
+def drop_unreadable(X: np.ndarray, labels: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """Leave out the images that could not be read (their feature rows are NaN).
+
+    Parameters
+    ----------
+    X : numpy.ndarray, shape (n, d)
+        Features, one row per labels row (:func:`load_features`).
+    labels : pandas.DataFrame
+        ``original_labels.csv``, in the same order.
+
+    Returns
+    -------
+    X_ok : numpy.ndarray, shape (m, d)
+        The rows without NaN.
+    labels_ok : pandas.DataFrame
+        Their labels rows, re-indexed from 0.
+    ok : numpy.ndarray of bool, shape (n,)
+        Which rows were kept.
+    """
+    if len(X) != len(labels):
+        raise ValueError(f"{len(X)} feature rows for {len(labels)} labels rows")
+    ok = readable_rows(X)
+    return X[ok], labels.loc[ok].reset_index(drop=True), ok
+
+
 def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, model_name: str,
                     weights: str, features_dir: str | os.PathLike, *, engine: str = "tensorflow",
                     precision: str = "fp32", **kwargs) -> tuple[np.ndarray, dict]:

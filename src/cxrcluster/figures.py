@@ -23,6 +23,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
 from cxrcluster.atomic import atomic_path
+from cxrcluster.results import best_algorithm, is_ok, status_kind
 
 #: Colour-bar labels, with units, of the metrics in ``clustering_results.csv``.
 VALUE_LABELS = {
@@ -63,11 +64,6 @@ def class_colours(classes) -> dict:
     """Map each class name to a fixed colour of the ``tab10`` palette, in the given order."""
     cmap = colormaps["tab10"]
     return {label: cmap(i % cmap.N) for i, label in enumerate(classes)}
-
-
-def _status_kind(status) -> str:
-    """'ok', 'failed' or 'skipped' from a status such as 'failed: out of memory'."""
-    return str(status).split(":", 1)[0].strip() if pd.notna(status) else "missing"
 
 
 def heatmap(
@@ -126,7 +122,7 @@ def heatmap(
             if (model, algorithm) not in indexed.index:
                 continue
             row = indexed.loc[(model, algorithm)]
-            kind = _status_kind(row["status"])
+            kind = status_kind(row["status"])
             number = pd.to_numeric(row[value], errors="coerce")
             if kind == "ok" and pd.notna(number):
                 grid[i, j] = float(number)
@@ -171,39 +167,6 @@ def heatmap(
             loc="outside lower center", fontsize="small", frameon=False,
         )
     return fig
-
-
-def best_algorithm(results: pd.DataFrame, model: str) -> str:
-    """Name the algorithm with the lowest matched label change for ``model``.
-
-    Only runs with status ``ok`` and a finite ``label_percentage_change``
-    compete; ties go to the higher ARI, then to the alphabetically first name.
-
-    Parameters
-    ----------
-    results : pandas.DataFrame
-        ``clustering_results.csv``.
-    model : str
-        The model name.
-
-    Returns
-    -------
-    str
-        The ``clustering`` value of the best run.
-
-    Raises
-    ------
-    ValueError
-        If the model has no ``ok`` run with a finite change.
-    """
-    rows = results[(results["model"] == model) & (results["status"].map(_status_kind) == "ok")].copy()
-    rows["_change"] = pd.to_numeric(rows["label_percentage_change"], errors="coerce")
-    rows["_ari"] = pd.to_numeric(rows["ari"], errors="coerce") if "ari" in rows else np.nan
-    rows = rows[np.isfinite(rows["_change"])]
-    if rows.empty:
-        raise ValueError(f"model {model!r} has no clustering run with status ok and a finite label change")
-    rows = rows.sort_values(["_change", "_ari", "clustering"], ascending=[True, False, True], na_position="last")
-    return str(rows["clustering"].iloc[0])
 
 
 def _cluster_ids(values: pd.Series) -> pd.Series:
@@ -444,7 +407,7 @@ def walltime_figure(results: pd.DataFrame, data_note: str = "") -> Figure:
     matplotlib.figure.Figure
         One axes with a logarithmic y axis in seconds.
     """
-    rows = results[results["status"].map(_status_kind) == "ok"].copy()
+    rows = results[results["status"].map(is_ok)].copy()
     rows["wall_time_s"] = pd.to_numeric(rows["wall_time_s"], errors="coerce")
     rows = rows[np.isfinite(rows["wall_time_s"])]
     order = rows.groupby("clustering")["wall_time_s"].median().sort_values().index.tolist()
@@ -484,6 +447,24 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
     """
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+
+
+def show(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save ``fig`` (:func:`save_figure`) and display it in the running notebook.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : path-like
+        Destination ``.png``.
+    dpi : int, default 120
+        Resolution of the file.
+    """
+    from IPython.display import display  # only notebooks display; importing it elsewhere costs time
+
+    save_figure(fig, path, dpi=dpi)
+    display(fig)
 
 
 def matrix_figure(matrix: pd.DataFrame, title: str, data_note: str = "", value_label: str = "images") -> Figure:

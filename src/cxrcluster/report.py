@@ -13,9 +13,7 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
-
-from cxrcluster import atomic
+from cxrcluster import atomic, data, results
 
 #: Results columns shown in the index's headline table.
 HEADLINE_COLUMNS = ["model", "clustering", "label_percentage_change", "raw_label_change", "ari", "nmi", "status"]
@@ -52,7 +50,7 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
 
     dataset_json = reports / "dataset.json"
     if dataset_json.is_file():
-        ds = json.loads(dataset_json.read_text())
+        ds = data.read_dataset_description(dataset_json)
         if ds.get("synthetic"):
             parts.append('<p class="warn">SYNTHETIC DEMO DATA: these results show that the pipeline runs; '
                          "they are evidence of nothing about chest X-rays.</p>")
@@ -80,9 +78,9 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
             parts.append(f"<li>{_link(path, reports)}: {html.escape(what)}</li>")
     parts.append("</ul>")
 
-    results = root / "clustering_results.csv"
-    if results.is_file():
-        df = pd.read_csv(results)
+    results_csv = root / "clustering_results.csv"
+    if results_csv.is_file():
+        df = results.read_results(results_csv)
         cols = [c for c in HEADLINE_COLUMNS if c in df.columns]
         parts.append("<h2>Results</h2>")
         parts.append(df[cols].to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="", border=0))

@@ -1,0 +1,177 @@
+"""Feature preparation before clustering: standardisation, PCA and L2 normalisation.
+
+:func:`fit_preparation` fits the configured steps on the features and returns
+them as a :class:`FittedPreparation`, which applies the same steps to other
+features (:meth:`FittedPreparation.transform`). :func:`prepare_features` is
+the suite's entry point: the prepared features and a short description.
+The ``preparation`` mapping is checked here (:data:`PREPARATION_KEYS`), for
+the configuration reader as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler, normalize
+
+PREPARATION_KEYS = ("standardize", "l2_normalize", "pca")
+"""Keys of the ``preparation`` mapping: ``standardize``, ``l2_normalize`` (bool) and ``pca``."""
+
+
+@dataclass(frozen=True)
+class FittedPreparation:
+    """The preparation steps fitted on some features, ready to apply to others.
+
+    Attributes
+    ----------
+    scaler : sklearn.preprocessing.StandardScaler or None
+        Standardisation, if configured.
+    pca : sklearn.decomposition.PCA or None
+        PCA fitted on the standardised features, if configured.
+    l2_normalize : bool
+        Whether each row is scaled to unit length last.
+    description : str
+        Short record of what was done, as returned by
+        :func:`prepare_features` (e.g. ``standardize+pca(50)``).
+    """
+
+    scaler: StandardScaler | None
+    pca: PCA | None
+    l2_normalize: bool
+    description: str
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Apply the fitted steps, in order, to features.
+
+        Parameters
+        ----------
+        X : numpy.ndarray, shape (m, d)
+            Features with as many columns as those the steps were fitted on,
+            no NaN.
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape (m, d')
+            Prepared features.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if self.scaler is not None:
+            X = self.scaler.transform(X)
+        if self.pca is not None:
+            X = self.pca.transform(X)
+        if self.l2_normalize:
+            X = normalize(X)
+        return X
+
+
+def fit_preparation(X: np.ndarray, preparation: Mapping) -> tuple[np.ndarray, FittedPreparation]:
+    """Fit the preparation steps on features and prepare them.
+
+    Steps run in this order, each only if configured: standardisation (zero
+    mean, unit variance per feature), PCA, L2 normalisation (last, so that the
+    algorithms see unit vectors when it is asked for). PCA uses the exact
+    covariance eigendecomposition, which is deterministic, so no seed is
+    needed; the number of components is capped at ``min(n, d)``.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, shape (n, d)
+        Features, no NaN.
+    preparation : mapping
+        ``standardize`` (bool), ``l2_normalize`` (bool), ``pca`` (empty, a
+        number of components, or a fraction of variance to explain); missing
+        keys are off.
+
+    Returns
+    -------
+    X_prepared : numpy.ndarray of float64, shape (n, d')
+        ``X`` prepared by the steps as they were fitted.
+    fitted : FittedPreparation
+        The fitted steps and their description.
+
+    Raises
+    ------
+    ValueError
+        On unknown keys or values of the wrong type.
+    """
+    prep = _validate_preparation(preparation)
+    X = np.asarray(X, dtype=np.float64)
+    steps = []
+    scaler = pca = None
+    if prep["standardize"]:
+        scaler = StandardScaler()
+        X = scaler.fit_transform(X)
+        steps.append("standardize")
+    if prep["pca"] is not None:
+        wanted = prep["pca"]
+        n_components = min(wanted, *X.shape) if _is_int(wanted) else wanted
+        pca = PCA(n_components=n_components, svd_solver="covariance_eigh")
+        X = pca.fit_transform(X)
+        steps.append(
+            f"pca({pca.n_components_})" if _is_int(wanted) else f"pca({wanted:g}:{pca.n_components_})"
+        )
+    if prep["l2_normalize"]:
+        X = normalize(X)
+        steps.append("l2")
+    fitted = FittedPreparation(scaler, pca, prep["l2_normalize"], "+".join(steps) or "none")
+    return X, fitted
+
+
+def prepare_features(X: np.ndarray, preparation: dict) -> tuple[np.ndarray, str]:
+    """Standardise, reduce and normalise features before clustering.
+
+    The steps of :func:`fit_preparation`, fitted on ``X`` and applied to it.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, shape (n, d)
+        Features, no NaN.
+    preparation : dict
+        ``standardize`` (bool), ``l2_normalize`` (bool), ``pca`` (empty, a
+        number of components, or a fraction of variance to explain).
+
+    Returns
+    -------
+    X_prepared : numpy.ndarray of float64, shape (n, d')
+    description : str
+        Short record of what was done, e.g. ``standardize+pca(50)``,
+        ``pca(0.9:37)`` (fraction: components kept) or ``none``.
+    """
+    X_prepared, fitted = fit_preparation(X, preparation)
+    return X_prepared, fitted.description
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _validate_preparation(preparation: Mapping | None, source: str = "the preparation") -> dict:
+    preparation = {} if preparation is None else preparation
+    _require(isinstance(preparation, Mapping), source, "preparation must be a mapping")
+    unknown = sorted(set(preparation) - set(PREPARATION_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown preparation key(s) in {source}: {', '.join(map(str, unknown))} "
+            f"(known: {', '.join(PREPARATION_KEYS)})"
+        )
+    prep = {"standardize": False, "l2_normalize": False, "pca": None, **preparation}
+    for key in ("standardize", "l2_normalize"):
+        _require(isinstance(prep[key], bool), source, f"preparation.{key} must be true or false")
+    pca = prep["pca"]
+    _require(
+        pca is None or (_is_int(pca) and pca >= 1) or (isinstance(pca, float) and 0 < pca < 1),
+        source,
+        "preparation.pca must be empty, a number of components or a variance fraction in (0, 1)",
+    )
+    return prep
+
+
+def _require(ok: bool, source: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{source}: {message}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)

@@ -1,0 +1,274 @@
+"""Running the clustering suite: every enabled algorithm on one model's features, scored.
+
+:func:`run_suite` checks the configuration
+(:func:`cxrcluster.clustering.config.validate_config`), prepares the features
+once (:func:`cxrcluster.clustering.preparation.prepare_features`), runs each
+enabled algorithm of :data:`cxrcluster.clustering.registry.ALGORITHMS` under
+the memory budget, once per seed when it is stochastic or subsampled
+(:func:`derive_seeds`), and scores it with
+:func:`cxrcluster.metrics.score_clustering` into a table of
+:data:`RESULT_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import pairwise_distances_argmin
+from tqdm.auto import tqdm
+
+from cxrcluster import metrics
+from cxrcluster.clustering.config import RUNNER_KEYS, validate_config
+from cxrcluster.clustering.preparation import prepare_features
+from cxrcluster.clustering.registry import (
+    ALGORITHMS,
+    GIB,
+    Algorithm,
+    Fit,
+    MemoryBudgetExceeded,
+    MemoryEstimate,
+)
+
+MIN_SUBSAMPLE = 100
+"""Fewest images a memory-limited algorithm may be fitted on; below it, it is skipped."""
+
+METRICS = (
+    "label_percentage_change",
+    "raw_label_change",
+    "ari",
+    "nmi",
+    "purity",
+    "silhouette",
+    "n_clusters",
+    "noise_fraction",
+)
+SPREAD = ("label_percentage_change", "ari", "nmi")
+RESULT_COLUMNS = [
+    "model",
+    "clustering",
+    *METRICS,
+    *(f"{m}_{stat}" for m in SPREAD for stat in ("mean", "std")),
+    "n_seeds",
+    "n_images",
+    "preparation",
+    "params",
+    "wall_time_s",
+    "status",
+]
+"""Columns of the results table, in order."""
+
+
+def derive_seeds(seed: int, n_seeds: int) -> list[int]:
+    """``n_seeds`` independent seeds derived from one base seed (``numpy.random.SeedSequence``)."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_seeds)]
+
+
+def run_suite(
+    X: np.ndarray,
+    labels,
+    config: Mapping,
+    *,
+    model: str = "",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Run every enabled algorithm of ``config`` on one model's features and score it.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, shape (n, d)
+        Features of the images, no NaN rows (the caller drops them).
+    labels : array-like of str, shape (n,)
+        Class of each image.
+    config : mapping
+        As returned by :func:`load_config` (a plain mapping is validated the same way).
+    model : str, default ""
+        Recorded in the ``model`` column.
+    progress : bool, default True
+        Show a progress bar over the algorithms.
+
+    Returns
+    -------
+    results : pandas.DataFrame
+        One row per enabled algorithm, in configuration order, with columns
+        :data:`RESULT_COLUMNS`: the metrics of
+        :func:`cxrcluster.metrics.score_clustering` for the first seed (the
+        run whose cluster ids are returned and written to the label CSVs, so
+        that the table can be recomputed from them), ``*_mean`` and ``*_std``
+        (mean and standard deviation over seeds; the std is 0 for a single run),
+        ``n_seeds`` (runs made), ``n_images``, ``preparation``
+        (:func:`prepare_features`), ``params`` (compact JSON of the parameters
+        used, with values chosen from the data, ``seeds`` and, when
+        subsampled, ``subsample`` and ``assign``), ``wall_time_s`` (fitting
+        time of all runs, scoring excluded) and ``status`` (``ok``,
+        ``failed: <reason>`` or ``skipped: <reason>``; metrics are NaN unless ok).
+    cluster_ids : dict of str to numpy.ndarray
+        Cluster ids (``-1`` noise) of the first seed of every algorithm whose
+        status is ok.
+    """
+    cfg = validate_config(config)
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels)
+    if X.ndim != 2 or X.shape[0] != labels.shape[0]:
+        raise ValueError(f"features of shape {X.shape} for {labels.shape[0]} labels")
+    if np.isnan(X).any():
+        raise ValueError("features contain NaN; drop those images before clustering")
+    n_classes = int(np.unique(labels).size)
+    X_prepared, preparation = prepare_features(X, cfg["preparation"])
+    seeds = derive_seeds(cfg["seed"], cfg["seeds"])
+    budget = float(cfg["memory_budget_gb"]) * GIB
+
+    rows, cluster_ids = [], {}
+    names = [name for name, spec in cfg["algorithms"].items() if spec["enabled"]]
+    bar = tqdm(names, desc=model or "clustering", unit="algorithm", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        row, clusters = _run_algorithm(
+            name, cfg["algorithms"][name], X_prepared, labels, n_classes, seeds, budget, cfg
+        )
+        rows.append({"model": model, "preparation": preparation, **row})
+        if clusters is not None:
+            cluster_ids[name] = clusters
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS), cluster_ids
+
+
+def _run_algorithm(
+    name: str,
+    spec: Mapping,
+    X: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    seeds: list[int],
+    budget: float,
+    cfg: Mapping,
+) -> tuple[dict, np.ndarray | None]:
+    algo = ALGORITHMS[name]
+    params = {**algo.defaults, **{k: v for k, v in spec.items() if k not in RUNNER_KEYS}}
+    if algo.n_clusters_key and params.get(algo.n_clusters_key) is None:
+        params[algo.n_clusters_key] = n_classes
+    row = {
+        "clustering": name,
+        **dict.fromkeys(METRICS, math.nan),
+        **{f"{m}_{stat}": math.nan for m in SPREAD for stat in ("mean", "std")},
+        "n_seeds": 0,
+        "n_images": X.shape[0],
+        "params": _to_json(params),
+        "wall_time_s": 0.0,
+    }
+    fit_time = 0.0
+    try:
+        view = algo.view(X) if algo.view else X
+        n, d = view.shape
+        fitted_n = min(n, spec.get("max_samples") or n)
+        need = algo.memory(fitted_n, d, params) if algo.memory else 0.0
+        if need > budget:
+            if algo.over_budget == "skip":
+                raise MemoryBudgetExceeded(_over_budget(need, fitted_n, budget))
+            fitted_n = _largest_within(algo.memory, d, params, budget, fitted_n)
+            if fitted_n < MIN_SUBSAMPLE:
+                raise MemoryBudgetExceeded(
+                    _over_budget(need, n, budget) + f" and {MIN_SUBSAMPLE} images do not fit"
+                )
+        subsampled = fitted_n < n
+        run_seeds = seeds if (subsampled or algo.is_stochastic(params)) else seeds[:1]
+
+        runs, used = [], None
+        for seed in run_seeds:
+            p = dict(params)
+            if algo.seed_key:
+                p[algo.seed_key] = seed
+            start = time.perf_counter()
+            try:
+                if subsampled:
+                    clusters, fit = _fit_subsample(algo, view, p, budget, fitted_n, seed)
+                else:
+                    fit = algo.fit(view, p, budget)
+                    clusters = np.asarray(fit.labels, dtype=np.int64)
+            finally:
+                fit_time += time.perf_counter() - start
+            scores = metrics.score_clustering(
+                labels, clusters, view, silhouette_max_n=cfg["silhouette_max_n"], seed=cfg["seed"]
+            )
+            runs.append((clusters, scores))
+            if used is None:
+                used = {k: v for k, v in fit.params.items() if k != algo.seed_key}
+                if algo.seed_key or subsampled:
+                    used["seeds"] = run_seeds
+                if subsampled:
+                    used["subsample"] = fitted_n
+                    used["assign"] = "nearest exemplar" if fit.centres is not None else "nearest centroid"
+    except MemoryBudgetExceeded as exc:
+        return {**row, "wall_time_s": round(fit_time, 3), "status": f"skipped: {_one_line(exc)}"}, None
+    except Exception as exc:  # any failure is recorded and the suite goes on
+        return {
+            **row,
+            "wall_time_s": round(fit_time, 3),
+            "status": f"failed: {type(exc).__name__}: {_one_line(exc)}",
+        }, None
+
+    table = pd.DataFrame([scores for _, scores in runs])
+    row.update({m: float(table[m].iloc[0]) for m in METRICS})
+    row.update({f"{m}_mean": float(table[m].mean()) for m in SPREAD})
+    row.update({f"{m}_std": float(table[m].std(ddof=1)) if len(runs) > 1 else 0.0 for m in SPREAD})
+    row.update(n_seeds=len(runs), params=_to_json(used), wall_time_s=round(fit_time, 3), status="ok")
+    return row, runs[0][0]
+
+
+def _fit_subsample(
+    algo: Algorithm, X: np.ndarray, params: dict, budget: float, size: int, seed: int
+) -> tuple[np.ndarray, Fit]:
+    """Fit on a seeded subsample of ``size`` points; assign the others to the nearest exemplar or centroid."""
+    n = X.shape[0]
+    inside = np.zeros(n, dtype=bool)
+    inside[np.random.default_rng(seed).choice(n, size=size, replace=False)] = True
+    fit = algo.fit(X[inside], params, budget)
+    sub_labels = np.asarray(fit.labels, dtype=np.int64)
+    clusters = np.full(n, metrics.NOISE, dtype=np.int64)
+    clusters[inside] = sub_labels
+    if fit.centres is not None:
+        centres, ids = np.asarray(fit.centres), np.arange(len(fit.centres))
+    else:
+        ids = np.unique(sub_labels[sub_labels != metrics.NOISE])
+        centres = np.array([X[inside][sub_labels == i].mean(axis=0) for i in ids])
+    if ids.size:
+        clusters[~inside] = ids[pairwise_distances_argmin(X[~inside], centres)]
+    return clusters, fit
+
+
+def _largest_within(memory: MemoryEstimate, d: int, params: dict, budget: float, n: int) -> int:
+    """Largest number of points, at most ``n``, whose estimated memory fits the budget (0 if none)."""
+    low, high = 0, n
+    while low < high:
+        mid = (low + high + 1) // 2
+        if memory(mid, d, params) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _over_budget(need: float, n: int, budget: float) -> str:
+    return f"needs ~{need / GIB:.3g} GiB for {n} images, over the memory budget of {budget / GIB:.3g} GiB"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _to_json(params: Mapping) -> str:
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=_plain)
+
+
+def _plain(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

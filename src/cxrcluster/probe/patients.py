@@ -1,0 +1,99 @@
+"""Patient groups: which patient each image is of, from the labels or a metadata file.
+
+:func:`patient_groups` returns one patient id per image (or None when the data
+does not say), for the grouped folds of
+:func:`cxrcluster.probe.linear.linear_probe_cv` and the grouped held-out split
+of :func:`cxrcluster.probe.finetune.held_out_split`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+#: Column names recognised as a patient identifier, in order of preference.
+PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "subject", "subject_id")
+
+#: Column names recognised as an image reference in a metadata file, in order of preference.
+IMAGE_COLUMNS = ("path", "image", "image_name", "file", "filename", "image_path")
+
+#: Name of the metadata file looked for in a data folder.
+METADATA_FILE = "metadata.csv"
+
+
+def _pick(columns, candidates) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def patient_groups(labels_df: pd.DataFrame, metadata_csv: str | os.PathLike | None = None,
+                   data_dir: str | os.PathLike | None = None) -> np.ndarray | None:
+    """Patient id of every image, when the data says which patient an image is of.
+
+    Looked for, in order: a patient column in ``labels_df`` itself; the file
+    ``metadata_csv``; ``<data_dir>/metadata.csv``. A metadata file needs a
+    patient column (one of :data:`PATIENT_COLUMNS`) and an image column (one of
+    :data:`IMAGE_COLUMNS`) holding either the path relative to the data folder
+    (``COVID/x.png``) or the file name; images are matched on the relative path
+    first, then on the file name.
+
+    Parameters
+    ----------
+    labels_df : pandas.DataFrame
+        ``original_labels.csv`` (``image_name``, ``path``).
+    metadata_csv : path-like, optional
+        A metadata file; an error if it does not exist.
+    data_dir : path-like, optional
+        The data folder, searched for :data:`METADATA_FILE` when
+        ``metadata_csv`` is not given.
+
+    Returns
+    -------
+    numpy.ndarray of str, shape (len(labels_df),), or None
+        None when no patient information is found (the caller then uses
+        ungrouped folds and should say so).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``metadata_csv`` is given and does not exist.
+    ValueError
+        If the metadata has no usable columns, or does not name the patient of
+        every image (grouping part of the data would leak the rest).
+    """
+    column = _pick(labels_df.columns, PATIENT_COLUMNS)
+    if column is not None:
+        ids = labels_df[column].astype(str)
+        if (ids.str.strip() == "").any() or labels_df[column].isna().any():
+            raise ValueError(f"labels column {column!r} is empty for some images")
+        return ids.to_numpy()
+    if metadata_csv is None and data_dir is not None and (Path(data_dir) / METADATA_FILE).is_file():
+        metadata_csv = Path(data_dir) / METADATA_FILE
+    if metadata_csv is None:
+        return None
+    metadata_csv = Path(metadata_csv)
+    if not metadata_csv.is_file():
+        raise FileNotFoundError(f"metadata file {str(metadata_csv)!r} does not exist")
+    meta = pd.read_csv(metadata_csv, dtype=str, keep_default_na=False)
+    patient_col, image_col = _pick(meta.columns, PATIENT_COLUMNS), _pick(meta.columns, IMAGE_COLUMNS)
+    if patient_col is None or image_col is None:
+        raise ValueError(f"{metadata_csv}: needs a patient column (one of {PATIENT_COLUMNS}) and an image "
+                         f"column (one of {IMAGE_COLUMNS}); found {list(meta.columns)}")
+    refs = meta[image_col].str.replace("\\", "/", regex=False)
+    by_path = dict(zip(refs, meta[patient_col], strict=True))
+    names = refs.map(lambda p: PurePosixPath(p).name)
+    by_name = dict(zip(names, meta[patient_col], strict=True)) if names.is_unique else {}
+    paths = labels_df["path"] if "path" in labels_df else labels_df["image_name"]
+    ids, missing = [], []
+    for name, rel in zip(labels_df["image_name"], paths, strict=True):
+        pid = by_path.get(str(rel)) or by_name.get(PurePosixPath(str(rel)).name) or by_name.get(str(name))
+        if not pid:
+            missing.append(str(name))
+        ids.append(pid)
+    if missing:
+        raise ValueError(f"{metadata_csv}: no patient for {len(missing)} of {len(labels_df)} images "
+                         f"(e.g. {', '.join(missing[:5])})")
+    return np.asarray(ids, dtype=str)
