@@ -54,7 +54,8 @@ SRC_STAGES := SRC_PREPARE=notebooks/00-prepare-data.ipynb SRC_AUDIT=notebooks/01
     SRC_EXTRACT=notebooks/02-extract-features.ipynb SRC_CLUSTER=notebooks/03-cluster.ipynb \
     SRC_REPORT=notebooks/04-report.ipynb SRC_PROBE=notebooks/05-supervised.ipynb \
     SRC_INTERPRET=notebooks/06-interpretability.ipynb SRC_MASK=notebooks/07-mask-lungs.ipynb \
-    SRC_COMPARE=notebooks/08-compare-variants.ipynb SRC_INDEX=cxrcluster.report SRC_DEMO=cxrcluster.demo
+    SRC_COMPARE=notebooks/08-compare-variants.ipynb SRC_PREPARATIONS=notebooks/09-compare-preparations.ipynb \
+    SRC_INDEX=cxrcluster.report SRC_DEMO=cxrcluster.demo
 $(SRC_DEPS_MK): $(wildcard notebooks/*.ipynb) $(shell find $(S) -name '*.py') Makefile
 	@mkdir -p $(@D)
 	@PYTHONPATH=src $(PYTHON) -m cxrcluster.depgraph --make $(SRC_STAGES) > $@.$$$$.tmp && mv -f $@.$$$$.tmp $@
@@ -219,6 +220,19 @@ $(COMPARISON): notebooks/08-compare-variants.ipynb $(OUT)/clustering_results.csv
     $(SRC_COMPARE) | $(VENV_OK)
 	$(call papermill,08-compare-variants,08-compare-variants,-r full_dir $(OUT) -r masked_dir $(OUT)/masked \
 	    -r comparison_csv $(COMPARISON) -r figures_dir $(OUT)/reports/figures,$(OUT))
+
+# 09: the evidence behind the feature preparations (not part of all: it runs the suite five times)
+PREPARATIONS_CSV := $(OUT)/reports/preparations.csv
+$(PREPARATIONS_CSV): notebooks/09-compare-preparations.ipynb $(OUT)/features/$(INTERPRET_MODEL).npy \
+    $(OUT)/original_labels.csv $(OUT)/reports/dataset.json $(CONFIG) $(SRC_PREPARATIONS) | $(VENV_OK)
+	$(call papermill,09-compare-preparations,09-compare-preparations,-r model $(INTERPRET_MODEL) \
+	    -r original_labels_csv $(OUT)/original_labels.csv -r features_dir $(OUT)/features -r config $(CONFIG) \
+	    -r dataset_json $(OUT)/reports/dataset.json -r preparations_csv $(PREPARATIONS_CSV) \
+	    -r figures_dir $(OUT)/reports/figures,$(OUT))
+	$(PY) -m cxrcluster.report $(OUT)
+
+.PHONY: preparations
+preparations: $(PREPARATIONS_CSV) ## compare feature preparations for every algorithm (the evidence in config/clustering.yaml)
 
 .PHONY: report
 report: $(call out,full)/reports/index.html $(if $(filter masked,$(VARIANT)),$(OUT)/masked/reports/index.html) ## every output, linked from reports/index.html (VARIANT=masked adds the masked run and the comparison)

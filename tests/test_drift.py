@@ -173,3 +173,23 @@ def test_plot_drift_gallery(tmp_path: Path, images: pd.DataFrame):
     empty_row = fig.axes[2]  # first cell of the EMPTY row
     assert empty_row.get_ylabel() == "EMPTY"
     assert any("no image" in text.get_text() for text in empty_row.texts)
+
+
+def test_a_degenerate_run_changes_nothing_in_the_drift(tmp_path: Path):
+    """One cluster: every image but one class's "changes"; had it counted, every share would move."""
+    one_cluster = _frame([
+        ("a.png", "COVID", 0, "COVID", False),
+        ("b.png", "COVID", 0, "COVID", False),
+        ("c.jpeg", "NORMAL", 0, "", True),
+        ("d.jpeg", "PNEUMONIA", 0, "", True),
+    ])
+    with_degenerate = pd.concat([RESULTS, pd.DataFrame({
+        "model": ["VGG16"], "clustering": ["OPTICS"], "status": ["degenerate: 1 cluster (fewer than 2)"]})],
+        ignore_index=True)
+    frames = {**FRAMES, "VGG16_OPTICS": one_cluster}
+    before = drift.label_drift(FRAMES, RESULTS)
+    pd.testing.assert_frame_equal(drift.label_drift(frames, with_degenerate), before)
+    for key, frame in frames.items():
+        write_csv(frame, tmp_path / f"{key}.csv")
+    pd.testing.assert_frame_equal(drift.label_drift(tmp_path, with_degenerate), before)
+    assert "VGG16_OPTICS" not in results.load_label_frames(with_degenerate, tmp_path)

@@ -158,18 +158,26 @@ def test_matrix_figure_counts_and_axes():
     assert "[demo]" in ax.get_title()
 
 
-def test_supervised_vs_clustering_uses_best_matched_accuracy():
+def test_supervised_vs_clustering_draws_both_bests_and_each_ones_chance():
     classification = pd.DataFrame({"model": ["M1", "M2"], "accuracy_mean": [0.9, 0.8], "accuracy_std": [0.02, 0.05]})
-    results = pd.DataFrame({"model": ["M1", "M1", "M2"], "clustering": ["KMeans", "DBSCAN", "KMeans"],
-                            "label_percentage_change": [20.0, 10.0, 40.0], "ari": [0.5, 0.6, 0.2],
-                            "status": ["ok", "ok", "failed: x"]})
+    results = pd.DataFrame({"model": ["M1", "M1", "M1", "M2"], "clustering": ["KMeans", "DBSCAN", "Ward", "KMeans"],
+                            "label_percentage_change": [20.0, 10.0, 5.0, 40.0], "ari": [0.5, 0.6, 0.9, 0.2],
+                            "comparable_silhouette": [0.4, 0.1, 0.9, 0.3], "stability": [1.0, np.nan, np.nan, 1.0],
+                            "chance_label_change": [60.0, 55.0, 66.0, 61.0],
+                            "status": ["ok", "ok", "degenerate: 1 cluster", "failed: x"]})
     fig = figures.supervised_vs_clustering_figure(classification, results)
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches]
     assert heights[:2] == pytest.approx([90.0, 80.0])  # probe bars
-    assert heights[2] == pytest.approx(90.0)  # M1: DBSCAN is best (10 % change)
-    assert np.isnan(heights[3])  # M2: nothing ran
-    assert {t.get_text() for t in ax.texts} >= {"DBSCAN", "none ran"}
+    assert heights[2] == pytest.approx(90.0)  # M1 with labels: DBSCAN (10 %); the degenerate Ward never
+    assert np.isnan(heights[3])  # M2: no ok run
+    assert heights[4] == pytest.approx(80.0)  # M1 without labels: KMeans has the best silhouette
+    chance = [seg[0][1] for lines in ax.collections for seg in lines.get_segments()
+              if len(seg) and seg[0][1] == seg[-1][1]]  # horizontal ticks; error bars are vertical
+    assert chance == pytest.approx([45.0, 40.0])  # 100 - chance change of DBSCAN, then of KMeans
+    assert {t.get_text() for t in ax.texts} >= {"DBSCAN", "KMeans", "no ok run"}
+    legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert "with the labels" in legend and "without the labels" in legend and "chance" in legend
 
 
 def test_variants_figure_has_three_panels_with_both_variants():
@@ -179,3 +187,25 @@ def test_variants_figure_has_three_panels_with_both_variants():
     fig = figures.variants_figure(comparison)
     assert len(fig.axes) == 3
     assert [p.get_height() for p in fig.axes[1].patches] == pytest.approx([0.6, 0.4])
+
+
+def test_heatmap_writes_each_change_beside_its_chance_and_hatches_degenerate_runs():
+    results = RESULTS.assign(chance_label_change=[63.0, 62.0, 61.0, 64.0, np.nan, np.nan],
+                             status=["ok", "degenerate: 1 cluster (fewer than 2)", "ok", "ok", "skipped: x", "failed: y"])
+    ax = figures.heatmap(results).axes[0]
+    texts = _texts(ax)
+    assert "30.0  (chance 63)" in texts and "degenerate\n12.5" in texts
+    assert "12.5  (chance 61)" in texts  # Spectral, a result
+    assert "12.5  (chance 62)" not in texts  # DBSCAN is degenerate: not coloured as a result
+    hatches = {p.get_hatch() for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()}
+    assert hatches == {"xx", "///"}
+    legend = " ".join(t.get_text() for t in ax.figure.legends[0].get_texts())
+    assert "degenerate" in legend
+
+
+def test_heatmap_of_one_model_and_many_algorithms_runs_down_the_rows():
+    many = pd.DataFrame({"model": "M", "clustering": [f"A{i}" for i in range(12)], "ari": np.linspace(0, 1, 12),
+                         "status": "ok"})
+    ax = figures.heatmap(many, value="ari").axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"A{i}" for i in range(12)]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["M"]

@@ -152,3 +152,37 @@ def test_mismatched_lengths_are_rejected():
         metrics.matched_label_change([C, N], [0, 1, 2])
     with pytest.raises(ValueError, match="image names"):
         metrics.label_table(["a"], [C, N], [0, 1])
+
+
+def test_chance_of_one_cluster_is_exactly_one_minus_the_largest_class():
+    labels = ["A"] * 5 + ["B"] * 3 + ["C"] * 2
+    # every shuffle of one cluster is the same clustering: chance equals the observed change
+    assert metrics.chance_label_change(labels, [0] * 10, n_permutations=7) == (50.0, 1.0)
+    assert metrics.matched_label_change(labels, [0] * 10) == 50.0
+
+
+def test_chance_of_two_pairs_matches_the_enumeration():
+    # 6 ways to place two cluster-0 ids among AABB; 2 keep every label, 4 change half: 4/6 x 50 %
+    chance, p = metrics.chance_label_change(["A", "A", "B", "B"], [0, 0, 1, 1], n_permutations=4000, seed=3)
+    assert chance == pytest.approx(100 / 3, abs=1.0)
+    assert p == pytest.approx(1 / 3, abs=0.02)  # shuffles as good as the perfect split: 2 of 6
+
+
+def test_chance_of_a_perfect_clustering_of_balanced_classes():
+    labels = np.repeat(["A", "B", "C"], 50)
+    chance, p = metrics.chance_label_change(labels, np.repeat([2, 0, 1], 50), n_permutations=200, seed=0)
+    assert chance == pytest.approx(61.5, abs=1.5)  # random 3-way splits of 150 images, after matching
+    assert p == pytest.approx(1 / 201)  # no shuffle is as good
+    again = metrics.chance_label_change(labels, np.repeat([2, 0, 1], 50), n_permutations=200, seed=0)
+    assert again == (chance, p)  # seeded
+    with pytest.raises(ValueError, match="n_permutations"):
+        metrics.chance_label_change(labels, np.repeat([2, 0, 1], 50), n_permutations=0)
+
+
+def test_comparable_silhouette_counts_noise_as_zero():
+    X = np.array([[0.0], [0.1], [5.0], [5.1], [9.0], [20.0]])
+    clusters = np.array([0, 0, 1, 1, -1, -1])
+    kept = silhouette_score(X[:4], clusters[:4])
+    assert metrics.comparable_silhouette(X, clusters) == pytest.approx(kept * 4 / 6)
+    assert metrics.comparable_silhouette(X[:4], clusters[:4]) == pytest.approx(kept)
+    assert math.isnan(metrics.comparable_silhouette(X, [0, 0, 0, 0, -1, -1]))

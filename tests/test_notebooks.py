@@ -148,3 +148,15 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     assert comparison["probe_accuracy_full"] == pytest.approx(probe.loc[0, "accuracy_mean"])
     assert comparison["probe_accuracy_masked"] == 0.5
     assert (out / "figures" / "variants_comparison.png").stat().st_size > 1000
+
+    # 09: every configured algorithm on each candidate preparation
+    small = {**config, "algorithms": {k: v for k, v in config["algorithms"].items() if k in ("KMeans", "DBSCAN")}}
+    (out / "small.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
+    execute("09-compare-preparations", out, model="MobileNetV2-0.35", original_labels_csv=str(labels_csv),
+            features_dir=str(out / "features"), config=str(out / "small.yaml"), dataset_json=str(dataset_json),
+            preparations_csv=str(out / "preparations.csv"), figures_dir=str(out / "figures"))
+    compared = pd.read_csv(out / "preparations.csv")
+    assert len(compared) == 2 * 5 and compared["preparation_name"].nunique() == 5
+    assert set(compared.loc[compared["preparation_name"] == "pca50+umap10", "preparation"]) == {
+        "pca(18)+umap(10,15,0)"}
+    assert (out / "figures" / "preparations_label_change.png").stat().st_size > 1000

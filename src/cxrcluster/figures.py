@@ -23,7 +23,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
 from cxrcluster.atomic import atomic_path
-from cxrcluster.results import best_algorithm, is_ok, status_kind
+from cxrcluster.results import BEST_RULES, best_algorithm, is_ok, status_kind
 
 #: Colour-bar labels, with units, of the metrics in ``clustering_results.csv``.
 VALUE_LABELS = {
@@ -41,6 +41,8 @@ NOISE_COLUMN = "noise"
 
 _HATCH = "///"
 _HATCH_COLOUR = "0.6"
+_DEGENERATE_HATCH = "xx"
+_DEGENERATE_COLOUR = "firebrick"
 
 
 def with_data_note(title: str, data_note: str = "") -> str:
@@ -73,13 +75,17 @@ def heatmap(
     label: str | None = None,
     fmt: str | None = None,
     cmap: str = "viridis",
+    series: str = "model (feature extractor)",
 ) -> Figure:
     """Draw one metric as an annotated models x algorithms grid.
 
     Cells whose run is not ``ok`` (failed, skipped or absent), or whose metric
     is undefined, are left blank and hatched, with the run's status written in
     them and explained in a legend, so a missing value is never mistaken for
-    a low one.
+    a low one. A degenerate run's cell is hatched in red with its figure
+    written, uncoloured: it is shown, not counted. With more than eight
+    algorithms and fewer models, algorithms run down the rows, so one model's
+    grid stays legible.
 
     Parameters
     ----------
@@ -97,6 +103,9 @@ def heatmap(
         ``"{:.2f}"`` otherwise.
     cmap : str, default "viridis"
         Colour map name.
+    series : str, default "model (feature extractor)"
+        What the ``model`` column holds, for its axis label (for example the
+        feature preparations compared by ``09-compare-preparations``).
 
     Returns
     -------
@@ -117,6 +126,11 @@ def heatmap(
 
     grid = np.full((len(models), len(algorithms)), np.nan)
     notes = np.full(grid.shape, "missing", dtype=object)
+    degenerate = np.zeros(grid.shape, dtype=bool)
+    # the label change is read beside its own chance level
+    chance_column = "chance_label_change" if value == "label_percentage_change" and "chance_label_change" in results \
+        else None
+    chance = np.full(grid.shape, np.nan)
     for i, model in enumerate(models):
         for j, algorithm in enumerate(algorithms):
             if (model, algorithm) not in indexed.index:
@@ -124,13 +138,25 @@ def heatmap(
             row = indexed.loc[(model, algorithm)]
             kind = status_kind(row["status"])
             number = pd.to_numeric(row[value], errors="coerce")
+            if chance_column:
+                chance[i, j] = pd.to_numeric(row[chance_column], errors="coerce")
             if kind == "ok" and pd.notna(number):
                 grid[i, j] = float(number)
                 notes[i, j] = ""
+            elif kind == "degenerate":
+                # its figure is shown, but uncoloured and hatched: it is not a result
+                degenerate[i, j] = True
+                notes[i, j] = "degenerate" + (f"\n{fmt.format(float(number))}" if pd.notna(number) else "")
             else:
                 notes[i, j] = kind if kind != "ok" else "n/a"
 
-    fig = Figure(figsize=(1.3 * len(algorithms) + 3.5, 0.6 * len(models) + 2.8), layout="constrained")
+    # Many algorithms and few models make a long strip: algorithms then go down the rows.
+    transpose = len(algorithms) > 8 and len(algorithms) > len(models)
+    rows_names, cols_names = (algorithms, models) if transpose else (models, algorithms)
+    if transpose:
+        grid, notes, degenerate, chance = grid.T, notes.T, degenerate.T, chance.T
+    width = (1.6 if transpose else 1.3) * len(cols_names) + (5.5 if transpose else 3.5)
+    fig = Figure(figsize=(width, (0.45 if transpose else 0.6) * len(rows_names) + 2.8), layout="constrained")
     ax = fig.subplots()
     colour_map = colormaps[cmap]
     masked = np.ma.masked_invalid(grid)
@@ -141,31 +167,41 @@ def heatmap(
     image = ax.imshow(masked, cmap=colour_map, vmin=vmin, vmax=vmax, aspect="auto")
     fig.colorbar(image, ax=ax, label=label)
 
-    n_blank = 0
-    for i in range(len(models)):
-        for j in range(len(algorithms)):
+    n_blank = n_degenerate = 0
+    for i in range(len(rows_names)):
+        for j in range(len(cols_names)):
             if np.isfinite(grid[i, j]):
                 r, g, b, _ = colour_map((grid[i, j] - vmin) / (vmax - vmin))
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                ax.text(j, i, fmt.format(grid[i, j]), ha="center", va="center",
-                        color="white" if dark else "black", fontsize="small")
+                text = fmt.format(grid[i, j]) + (f"  (chance {chance[i, j]:.0f})" if np.isfinite(chance[i, j]) else "")
+                ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black", fontsize="small")
+                continue
+            if degenerate[i, j]:
+                n_degenerate += 1
+                hatch, colour = _DEGENERATE_HATCH, _DEGENERATE_COLOUR
             else:
                 n_blank += 1
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch=_HATCH,
-                                       edgecolor=_HATCH_COLOUR, linewidth=0))
-                ax.text(j, i, notes[i, j], ha="center", va="center", color="0.3", fontsize="x-small",
-                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
-    ax.set_xticks(range(len(algorithms)), algorithms, rotation=35, ha="right")
-    ax.set_yticks(range(len(models)), models)
-    ax.set_xlabel("clustering algorithm")
-    ax.set_ylabel("model (feature extractor)")
-    ax.set_title(with_data_note(f"{label[:1].upper()}{label[1:]} by model and clustering algorithm", data_note))
+                hatch, colour = _HATCH, _HATCH_COLOUR
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch=hatch, edgecolor=colour,
+                                   linewidth=0))
+            ax.text(j, i, notes[i, j], ha="center", va="center", color="0.3", fontsize="x-small",
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+    ax.set_xticks(range(len(cols_names)), cols_names, rotation=35, ha="right")
+    ax.set_yticks(range(len(rows_names)), rows_names)
+    ax.set_xlabel(series if transpose else "clustering algorithm")
+    ax.set_ylabel("clustering algorithm" if transpose else series)
+    ax.set_title(with_data_note(f"{label[:1].upper()}{label[1:]} by {series.split(' (')[0]} and clustering "
+                                "algorithm", data_note))
+    handles = []
     if n_blank:
-        fig.legend(
-            handles=[Patch(facecolor="white", hatch=_HATCH, edgecolor=_HATCH_COLOUR,
-                           label="no value: run failed, skipped or missing, or metric undefined (n/a)")],
-            loc="outside lower center", fontsize="small", frameon=False,
-        )
+        handles.append(Patch(facecolor="white", hatch=_HATCH, edgecolor=_HATCH_COLOUR,
+                             label="no value: run failed, skipped or missing, or metric undefined (n/a)"))
+    if n_degenerate:
+        handles.append(Patch(facecolor="white", hatch=_DEGENERATE_HATCH, edgecolor=_DEGENERATE_COLOUR,
+                             label="degenerate: the run did not group the images (one cluster, mostly noise, "
+                                   "or nearly all in one cluster); its figure is shown, not counted"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", fontsize="small", frameon=False)
     return fig
 
 
@@ -503,13 +539,18 @@ def matrix_figure(matrix: pd.DataFrame, title: str, data_note: str = "", value_l
 
 
 def supervised_vs_clustering_figure(classification: pd.DataFrame, results: pd.DataFrame,
-                                    n_classes: int = 3, data_note: str = "") -> Figure:
-    """Per model: the linear probe's accuracy beside the best clustering's matched accuracy.
+                                    data_note: str = "") -> Figure:
+    """Per model: the linear probe's accuracy beside two best clusterings' matched accuracy, and chance.
 
     The probe's cross-validated accuracy says how much label structure a
-    feature space holds; the clustering's matched accuracy (100 % minus its
+    feature space holds; a clustering's matched accuracy (100 % minus its
     matched label change) says how much of it clustering recovers without
-    labels.
+    labels. Two clusterings are drawn per model, each named in its bar: the
+    best chosen with the labels (lowest change: optimistic) and the best
+    chosen without them (highest silhouette), see
+    :func:`cxrcluster.results.best_algorithm`. Over each clustering bar a black
+    tick marks its chance level: the matched accuracy of its own cluster sizes
+    shuffled at random (``100 - chance_label_change``), which is not 1 / k.
 
     Parameters
     ----------
@@ -517,8 +558,6 @@ def supervised_vs_clustering_figure(classification: pd.DataFrame, results: pd.Da
         ``classification_results.csv`` (``model``, ``accuracy_mean``, ``accuracy_std``).
     results : pandas.DataFrame
         ``clustering_results.csv``.
-    n_classes : int, default 3
-        For the chance line of balanced classes.
     data_note : str, default ""
         Appended to the title.
 
@@ -528,29 +567,33 @@ def supervised_vs_clustering_figure(classification: pd.DataFrame, results: pd.Da
     """
     models = list(dict.fromkeys(classification["model"]))
     probe = classification.set_index("model").reindex(models)
-    best, names = [], []
-    for m in models:
-        try:
-            algo = best_algorithm(results, m)
-        except ValueError:
-            best.append(np.nan)
-            names.append("none ran")
-            continue
-        row = results[(results["model"] == m) & (results["clustering"] == algo)].iloc[0]
-        best.append(100.0 - float(row["label_percentage_change"]))
-        names.append(algo)
     x = np.arange(len(models))
-    fig = Figure(figsize=(max(6.0, 1.4 * len(models) + 3), 4.8), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 1.8 * len(models) + 4), 5.0), layout="constrained")
     ax = fig.subplots()
-    ax.bar(x - 0.2, 100 * probe["accuracy_mean"].to_numpy(float), 0.4,
+    ax.bar(x - 0.27, 100 * probe["accuracy_mean"].to_numpy(float), 0.27,
            yerr=100 * probe["accuracy_std"].to_numpy(float), capsize=4, label="linear probe (supervised, cross-validated)")
-    ax.bar(x + 0.2, best, 0.4, label="best clustering, after matching (unsupervised)")
-    for xi, name in zip(x, names, strict=True):  # the algorithm's name inside its bar
-        ax.text(xi + 0.2, 2, name, ha="center", va="bottom", fontsize="x-small", rotation=90)
-    ax.axhline(100 / n_classes, color="0.5", ls=":", label=f"chance ({n_classes} balanced classes)")
+    for offset, by, colour in ((0.0, "labels", "tab:orange"), (0.27, "silhouette", "tab:green")):
+        accuracy, chance, names = [], [], []
+        for m in models:
+            try:
+                algo = best_algorithm(results, m, by=by)
+            except ValueError:
+                accuracy.append(np.nan)
+                chance.append(np.nan)
+                names.append("no ok run")
+                continue
+            row = results[(results["model"] == m) & (results["clustering"] == algo)].iloc[0]
+            accuracy.append(100.0 - float(row["label_percentage_change"]))
+            chance.append(100.0 - float(row["chance_label_change"]) if "chance_label_change" in row else np.nan)
+            names.append(algo)
+        ax.bar(x + offset, accuracy, 0.27, color=colour, label=f"best clustering, {BEST_RULES[by]}")
+        ax.hlines(chance, x + offset - 0.13, x + offset + 0.13, colors="black", linewidth=2.5)
+        for xi, name in zip(x, names, strict=True):  # the algorithm's name inside its bar
+            ax.text(xi + offset, 2, name, ha="center", va="bottom", fontsize="x-small", rotation=90)
+    ax.plot([], [], color="black", linewidth=2.5, label="chance: the same cluster sizes shuffled at random")
     ax.set_xticks(x, models, rotation=30, ha="right")
     ax.set_ylim(0, 115)
-    ax.set_ylabel("accuracy (% of images)")
+    ax.set_ylabel("accuracy after matching clusters to classes (% of images)")
     ax.set_xlabel("model (feature extractor)")
     ax.set_title(with_data_note("Label structure in each feature space: supervised probe vs clustering", data_note))
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -564,27 +607,32 @@ def variants_figure(comparison: pd.DataFrame, data_note: str = "") -> Figure:
     ----------
     comparison : pandas.DataFrame
         One row per model with ``<metric>_full`` and ``<metric>_masked``
-        columns for ``best_label_change`` (%), ``kmeans_ari`` and
-        ``probe_accuracy`` (0-1), as written by ``08-compare-variants``.
+        columns for ``best_label_change`` (% of the best chosen with the
+        labels), optionally ``label_free_label_change`` (% of the best chosen
+        without them), ``kmeans_ari`` and ``probe_accuracy`` (0-1), as written
+        by ``08-compare-variants``.
     data_note : str, default ""
         Appended to the title.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Three panels: best matched label change, KMeans ARI, probe accuracy.
+        One panel per measure: best matched label change (with labels, and
+        without them when given), KMeans ARI, probe accuracy.
     """
-    panels = [("best_label_change", "best matched label change (%)"), ("kmeans_ari", "KMeans ARI"),
-              ("probe_accuracy", "linear-probe accuracy")]
-    fig = Figure(figsize=(13, 4.5), layout="constrained")
-    axes = fig.subplots(1, 3)
+    panels = [("best_label_change", "matched label change (%) of the best\nchosen with the labels"),
+              ("label_free_label_change", "matched label change (%) of the best\nchosen without the labels"),
+              ("kmeans_ari", "KMeans ARI"), ("probe_accuracy", "linear-probe accuracy")]
+    panels = [(m, label) for m, label in panels if f"{m}_full" in comparison]
+    fig = Figure(figsize=(4.4 * len(panels), 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
     x = np.arange(len(comparison))
     for ax, (metric, label) in zip(axes, panels, strict=True):
         ax.bar(x - 0.2, comparison[f"{metric}_full"].to_numpy(float), 0.4, label="full image")
         ax.bar(x + 0.2, comparison[f"{metric}_masked"].to_numpy(float), 0.4, label="lungs only (masked)")
         ax.set_xticks(x, comparison["model"], rotation=30, ha="right")
-        ax.set_ylabel(label)
-        ax.set_title(label)
+        ax.set_ylabel(label.replace("\n", " "))
+        ax.set_title(label, fontsize="medium")
     axes[0].legend(fontsize="small")
     fig.suptitle(with_data_note("Full versus lung-masked X-rays", data_note))
     return fig

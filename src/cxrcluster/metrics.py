@@ -160,6 +160,66 @@ def label_table(image_names: ArrayLike, labels: ArrayLike, clusters: ArrayLike) 
     )
 
 
+def _kept_in_class(codes: np.ndarray, clusters: np.ndarray, n_classes: int) -> int:
+    """Images kept in their class by the best one-to-one matching (noise never matched)."""
+    kept = clusters != NOISE
+    ids, rows = np.unique(clusters[kept], return_inverse=True)
+    if ids.size == 0:
+        return 0
+    table = np.zeros((ids.size, n_classes), dtype=np.int64)
+    np.add.at(table, (rows, codes[kept]), 1)
+    r, c = linear_sum_assignment(table, maximize=True)
+    return int(table[r, c].sum())
+
+
+def chance_label_change(
+    labels: ArrayLike, clusters: ArrayLike, *, n_permutations: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """The matched label change that clusters of the same sizes score at random, and how often.
+
+    The cluster ids (noise included) are shuffled over the images
+    ``n_permutations`` times with a seeded generator, keeping every cluster's
+    size, and each shuffle is scored with :func:`matched_label_change`. On
+    balanced classes a random partition into as many clusters as classes
+    already keeps about a third of the images more than chance would suggest
+    (the matching picks the best of the class assignments), and one cluster
+    holding everything scores 100 % minus the largest class's share whatever
+    the shuffle: the chance level depends on the cluster sizes and the
+    classes, so every run gets its own.
+
+    Parameters
+    ----------
+    labels : array-like of str, shape (n,)
+        Class label of each image.
+    clusters : array-like of int, shape (n,)
+        Cluster id of each image; ``-1`` is noise.
+    n_permutations : int, default 200
+        Shuffles.
+    seed : int, default 0
+        Seed of the shuffles.
+
+    Returns
+    -------
+    chance_change : float
+        Mean matched label change of the shuffles, in percent.
+    p_value : float
+        ``(1 + shuffles scoring at most the observed change) / (1 + n_permutations)``:
+        how often chance does at least as well; small when the clustering
+        beats chance.
+    """
+    if n_permutations < 1:
+        raise ValueError("n_permutations must be at least 1")
+    codes, classes, clusters_arr = _check(labels, clusters)
+    n = codes.size
+    observed = _kept_in_class(codes, clusters_arr, len(classes))
+    rng = np.random.default_rng(seed)
+    kept = np.array([_kept_in_class(codes, rng.permutation(clusters_arr), len(classes))
+                     for _ in range(n_permutations)])
+    chance = 100.0 * (1.0 - kept.mean() / n)
+    p_value = (1 + int(np.sum(kept >= observed))) / (1 + n_permutations)
+    return float(chance), float(p_value)
+
+
 def score_clustering(
     labels: ArrayLike,
     clusters: ArrayLike,
@@ -216,6 +276,38 @@ def score_clustering(
         "n_clusters": n_clusters,
         "noise_fraction": float(np.mean(~kept)),
     }
+
+
+def comparable_silhouette(X: np.ndarray, clusters: ArrayLike, *, max_n: int = 5000, seed: int = 0) -> float:
+    """A silhouette that ranks runs of different algorithms fairly: one space, noise not left out.
+
+    The ``silhouette`` of :func:`score_clustering` is computed on each
+    algorithm's own features and leaves noise out, so a run on a UMAP
+    embedding, or one that calls half the images noise, scores high for
+    reasons that are not better clusters. Here every run is scored on the
+    same features ``X`` (the suite's shared preparation) and a noise point
+    counts as 0, the silhouette of a point that fits no cluster better than
+    another: the mean silhouette of the clustered points times their share.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, shape (n, d)
+        The features every run is compared on.
+    clusters : array-like of int, shape (n,)
+        Cluster id of each image; ``-1`` is noise.
+    max_n : int, default 5000
+        Above this many clustered images, a seeded sample of this size.
+    seed : int, default 0
+        Seed of that sample.
+
+    Returns
+    -------
+    float
+        In [-1, 1]; NaN with fewer than two clusters.
+    """
+    clusters_arr = np.asarray(clusters).astype(np.int64)
+    kept = float(np.mean(clusters_arr != NOISE))
+    return _silhouette(X, clusters_arr, max_n, seed) * kept
 
 
 def _check(labels: ArrayLike, clusters: ArrayLike) -> tuple[np.ndarray, list[str], np.ndarray]:

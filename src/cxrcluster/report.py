@@ -15,9 +15,6 @@ from pathlib import Path
 
 from cxrcluster import atomic, data, results
 
-#: Results columns shown in the index's headline table.
-HEADLINE_COLUMNS = ["model", "clustering", "label_percentage_change", "raw_label_change", "ari", "nmi", "status"]
-
 
 def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
@@ -71,6 +68,7 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
         (reports / "audit" / "summary.csv", "dataset audit per class"),
         (reports / "duplicates.csv", "exact and near-duplicate images, with label conflicts"),
         (reports / "variants_comparison.csv", "full versus lung-masked images, per model"),
+        (reports / "preparations.csv", "every algorithm on each candidate feature preparation (make preparations)"),
         (root / "masked" / "reports" / "index.html", "the report of the lung-masked variant"),
         (reports / "benchmarks.md", "benchmarks"),
     ]:
@@ -80,10 +78,13 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
 
     results_csv = root / "clustering_results.csv"
     if results_csv.is_file():
-        df = results.read_results(results_csv)
-        cols = [c for c in HEADLINE_COLUMNS if c in df.columns]
+        table = results.readable_table(results.read_results(results_csv))
         parts.append("<h2>Results</h2>")
-        parts.append(df[cols].to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="", border=0))
+        parts.append("<p>Change: images whose cluster, after the best one-to-one matching of clusters to "
+                     "classes, is not their class. Chance: what the same cluster sizes score shuffled at "
+                     "random; p: how often chance does as well. Only runs with status <b>ok</b> are results: "
+                     "a <b>degenerate</b> run finished without grouping the images (see why).</p>")
+        parts.append(table.to_html(index=False, na_rep="", border=0))
 
     figures = sorted((reports / "figures").glob("*.png"))
     if figures:

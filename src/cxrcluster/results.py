@@ -37,7 +37,9 @@ LABEL_FRAME_COLUMNS = ["image_name", "label", "cluster", "matched_label", "chang
 TEXT_COLUMNS = ("model", "clustering", "preparation", "params", "status")
 
 #: The kinds of status a run can have (:func:`status_kind`); ``missing`` is a run with no status.
-STATUS_KINDS = ("ok", "failed", "skipped", "missing")
+#: Only ``ok`` runs are results: a ``degenerate`` run finished but did not group the images
+#: (:func:`cxrcluster.clustering.degenerate_reason`), and keeps its row, metrics and label CSV.
+STATUS_KINDS = ("ok", "degenerate", "failed", "skipped", "missing")
 
 
 # ---------------------------------------------------------------- names
@@ -71,7 +73,7 @@ def label_manifest_path(results_dir: str | os.PathLike, model: str) -> Path:
 
 
 def status_kind(status) -> str:
-    """The kind of a run's status: ``ok``, ``failed``, ``skipped``, or ``missing`` when there is none.
+    """The kind of a run's status: ``ok``, ``degenerate``, ``failed``, ``skipped``, or ``missing`` when there is none.
 
     A status is its kind, optionally followed by a colon and a reason, as in
     ``failed: MemoryError: ...``.
@@ -270,12 +272,28 @@ def gather_results(results_dir: str | os.PathLike, models: Sequence[str]) -> pd.
 # ---------------------------------------------------------------- the best run
 
 
-def best_algorithm(results: pd.DataFrame, model: str) -> str:
-    """Name the algorithm with the lowest matched label change for ``model``.
+#: The two ways of naming a model's best algorithm (:func:`best_algorithm`), as the reports say them.
+BEST_RULES = {
+    "labels": "lowest matched label change (chosen with the labels: optimistic)",
+    "silhouette": "highest silhouette on shared features (chosen without the labels)",
+}
 
-    Only runs with status ok and a finite ``label_percentage_change`` compete;
-    ties go to the higher ARI, then to the alphabetically first name. The
-    choice uses the labels, so the winner's figure is optimistic.
+
+def best_algorithm(results: pd.DataFrame, model: str, by: str = "labels") -> str:
+    """Name a model's best algorithm, with the labels or without them.
+
+    Only runs with status ok compete (degenerate, failed and skipped runs
+    never do).
+
+    - ``by="labels"``: the lowest matched label change; ties go to the higher
+      ARI, then to the alphabetically first name. The labels choose, so the
+      winner's figure is optimistic: it is the best of many tries.
+    - ``by="silhouette"``: the highest ``comparable_silhouette``, computed
+      for every run on the same features (the shared preparation) with noise
+      counted as 0, no label used; ties go to the higher stability over
+      seeds, then to the name. What a researcher without labels would pick.
+      (Each algorithm's own ``silhouette`` is not comparable: a UMAP
+      embedding, or leaving half the images out as noise, inflates it.)
 
     Parameters
     ----------
@@ -283,6 +301,8 @@ def best_algorithm(results: pd.DataFrame, model: str) -> str:
         ``clustering_results.csv``.
     model : str
         The model name.
+    by : {"labels", "silhouette"}, default "labels"
+        The rule (:data:`BEST_RULES`).
 
     Returns
     -------
@@ -292,15 +312,24 @@ def best_algorithm(results: pd.DataFrame, model: str) -> str:
     Raises
     ------
     ValueError
-        If the model has no ok run with a finite change.
+        If the model has no ok run with a finite figure to rank by, or on an unknown rule.
     """
+    if by not in BEST_RULES:
+        raise ValueError(f"by must be one of {list(BEST_RULES)}, not {by!r}")
     rows = results[(results["model"] == model) & results["status"].map(is_ok)].copy()
-    rows["_change"] = pd.to_numeric(rows["label_percentage_change"], errors="coerce")
-    rows["_ari"] = pd.to_numeric(rows["ari"], errors="coerce") if "ari" in rows else np.nan
-    rows = rows[np.isfinite(rows["_change"])]
+
+    def number(column: str) -> pd.Series:
+        return pd.to_numeric(rows[column], errors="coerce") if column in rows else pd.Series(np.nan, rows.index)
+
+    if by == "labels":
+        rows["_key"], rows["_tie"] = number("label_percentage_change"), -number("ari")
+    else:
+        rows["_key"], rows["_tie"] = -number("comparable_silhouette"), -number("stability")
+    rows = rows[np.isfinite(rows["_key"])]
     if rows.empty:
-        raise ValueError(f"model {model!r} has no clustering run with status ok and a finite label change")
-    rows = rows.sort_values(["_change", "_ari", "clustering"], ascending=[True, False, True], na_position="last")
+        figure = "label change" if by == "labels" else "silhouette"
+        raise ValueError(f"model {model!r} has no clustering run with status ok and a finite {figure}")
+    rows = rows.sort_values(["_key", "_tie", "clustering"], na_position="last")
     return str(rows["clustering"].iloc[0])
 
 
@@ -310,6 +339,47 @@ def run_row(results: pd.DataFrame, model: str, algorithm: str) -> pd.Series:
     if rows.empty:
         raise KeyError(f"no results row for {combination_key(model, algorithm)}")
     return rows.iloc[0]
+
+
+def readable_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The results table as a reader takes it in: status at a glance, rounded figures beside their chance.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        ``clustering_results.csv`` (or one model's table).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model``, ``clustering``, ``status`` (the kind), ``change %``
+        (matched label change, one decimal), ``chance %`` (the same cluster
+        sizes at random), ``p`` (how often chance does as well), ``ARI``,
+        ``NMI``, ``clusters``, ``noise %``, ``stability``, ``fitted`` (images
+        the run was fitted on, of all) and ``why`` (the reason of a status
+        other than ok, shortened). Figures are blank for failed and skipped runs.
+    """
+    def column(name: str) -> pd.Series:
+        return pd.to_numeric(results[name], errors="coerce") if name in results else pd.Series(np.nan, results.index)
+
+    reason = results["status"].astype(str).str.partition(":")[2].str.strip()
+    fitted = [f"{int(f):,}/{int(n):,}" if pd.notna(f) and f and f < n else "all"
+              for f, n in zip(column("n_fitted"), column("n_images"), strict=True)]
+    return pd.DataFrame({
+        "model": results["model"],
+        "clustering": results["clustering"],
+        "status": results["status"].map(status_kind),
+        "change %": column("label_percentage_change").round(1),
+        "chance %": column("chance_label_change").round(1),
+        "p": column("chance_p").round(3),
+        "ARI": column("ari").round(3),
+        "NMI": column("nmi").round(3),
+        "clusters": column("n_clusters").astype("Int64"),
+        "noise %": (100 * column("noise_fraction")).round(1),
+        "stability": column("stability").round(2),
+        "fitted": fitted,
+        "why": reason.where(reason.str.len() <= 90, reason.str.slice(0, 87) + "..."),
+    })
 
 
 def summarise_variant(results: pd.DataFrame, classification: pd.DataFrame,
@@ -330,23 +400,30 @@ def summarise_variant(results: pd.DataFrame, classification: pd.DataFrame,
     pandas.DataFrame
         Indexed by model (the models of ``classification``), with columns
         ``best_label_change`` (% of :func:`best_algorithm`, NaN if none ran),
-        ``best_algorithm`` ("" if none ran), ``kmeans_ari`` (the reference
-        algorithm's ARI when it ran ok, else NaN) and ``probe_accuracy``.
+        ``best_algorithm`` ("" if none ran), both chosen with the labels
+        (:func:`best_algorithm`), ``label_free_label_change`` and
+        ``label_free_algorithm`` (the best chosen without them, by silhouette),
+        ``kmeans_ari`` (the reference algorithm's ARI when it ran ok, else
+        NaN) and ``probe_accuracy``.
     """
     probes = classification.set_index("model")
     rows = []
     for model in probes.index:
-        try:
-            best = best_algorithm(results, model)
-            change = float(run_row(results, model, best)["label_percentage_change"])
-        except ValueError:
-            best, change = "", float("nan")
+        chosen = {}
+        for by in BEST_RULES:
+            try:
+                best = best_algorithm(results, model, by=by)
+                chosen[by] = (best, float(run_row(results, model, best)["label_percentage_change"]))
+            except ValueError:
+                chosen[by] = ("", float("nan"))
         try:
             reference = run_row(results, model, reference_algorithm)
             ari = float(reference["ari"]) if is_ok(reference["status"]) else float("nan")
         except KeyError:
             ari = float("nan")
-        rows.append({"model": model, "best_label_change": change, "best_algorithm": best, "kmeans_ari": ari,
+        rows.append({"model": model, "best_label_change": chosen["labels"][1], "best_algorithm": chosen["labels"][0],
+                     "label_free_label_change": chosen["silhouette"][1],
+                     "label_free_algorithm": chosen["silhouette"][0], "kmeans_ari": ari,
                      "probe_accuracy": float(probes.loc[model, "accuracy_mean"])})
-    return pd.DataFrame(rows, columns=["model", "best_label_change", "best_algorithm", "kmeans_ari",
-                                       "probe_accuracy"]).set_index("model")
+    return pd.DataFrame(rows, columns=["model", "best_label_change", "best_algorithm", "label_free_label_change",
+                                       "label_free_algorithm", "kmeans_ari", "probe_accuracy"]).set_index("model")

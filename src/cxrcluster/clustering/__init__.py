@@ -25,26 +25,39 @@ runs every enabled algorithm in configuration order and scores it with
   subsample, so it runs once per seed, each seed drawing its own.
 - A failing algorithm is recorded with its reason and never stops the others.
 
-The package is in four modules, and every name below is re-exported here, so
+The package is in six modules, and every name below is re-exported here, so
 ``from cxrcluster import clustering; clustering.run_suite(...)`` works:
 
 - :mod:`~cxrcluster.clustering.registry`: :data:`ALGORITHMS`, the
   :class:`Algorithm` and :class:`Fit` types, the fit functions,
-  :func:`choose_eps`, the memory estimates, :class:`MemoryBudgetExceeded` and
-  :data:`GIB`.
+  :func:`choose_eps`, :func:`fuzzifier`, the memory estimates,
+  :class:`MemoryBudgetExceeded` and :data:`GIB`;
+  :mod:`~cxrcluster.clustering.spherical`: :func:`spherical_kmeans`.
 - :mod:`~cxrcluster.clustering.config`: :func:`load_config`,
-  :func:`validate_config`, :data:`DEFAULTS` and :data:`RUNNER_KEYS`.
+  :func:`validate_config`, :func:`algorithm_preparation`, :data:`DEFAULTS`
+  and :data:`RUNNER_KEYS`.
 - :mod:`~cxrcluster.clustering.preparation`: :func:`prepare_features`,
-  :func:`fit_preparation`, :class:`FittedPreparation` and
-  :data:`PREPARATION_KEYS` (with the check of the ``preparation`` section).
+  :func:`fit_preparation`, :class:`FittedPreparation`,
+  :data:`PREPARATION_KEYS` and :data:`UMAP_DEFAULTS` (with the check of the
+  ``preparation`` section).
+- :mod:`~cxrcluster.clustering.verdict`: :func:`degenerate_reason`,
+  :func:`choose_representative`, :func:`stability` and
+  :data:`DEGENERACY_DEFAULTS`.
 - :mod:`~cxrcluster.clustering.suite`: :func:`run_suite`,
   :func:`derive_seeds`, :data:`RESULT_COLUMNS`, :data:`METRICS`,
   :data:`SPREAD` and :data:`MIN_SUBSAMPLE`.
 """
 
-from cxrcluster.clustering.config import DEFAULTS, RUNNER_KEYS, load_config, validate_config
+from cxrcluster.clustering.config import (
+    DEFAULTS,
+    RUNNER_KEYS,
+    algorithm_preparation,
+    load_config,
+    validate_config,
+)
 from cxrcluster.clustering.preparation import (
     PREPARATION_KEYS,
+    UMAP_DEFAULTS,
     FittedPreparation,
     fit_preparation,
     prepare_features,
@@ -58,8 +71,11 @@ from cxrcluster.clustering.registry import (
     MemoryBudgetExceeded,
     MemoryEstimate,
     choose_eps,
+    fuzzifier,
 )
+from cxrcluster.clustering.spherical import spherical_kmeans
 from cxrcluster.clustering.suite import (
+    CHANCE,
     METRICS,
     MIN_SUBSAMPLE,
     RESULT_COLUMNS,
@@ -67,10 +83,19 @@ from cxrcluster.clustering.suite import (
     derive_seeds,
     run_suite,
 )
+from cxrcluster.clustering.verdict import (
+    DEGENERACY_DEFAULTS,
+    choose_representative,
+    degenerate_reason,
+    stability,
+)
 
 __all__ = [
     "ALGORITHMS",
+    "CHANCE",
     "DEFAULTS",
+    "DEGENERACY_DEFAULTS",
+    "UMAP_DEFAULTS",
     "GIB",
     "METRICS",
     "MIN_SUBSAMPLE",
@@ -84,11 +109,17 @@ __all__ = [
     "FittedPreparation",
     "MemoryBudgetExceeded",
     "MemoryEstimate",
+    "algorithm_preparation",
     "choose_eps",
+    "choose_representative",
+    "degenerate_reason",
     "derive_seeds",
     "fit_preparation",
+    "fuzzifier",
     "load_config",
     "prepare_features",
     "run_suite",
+    "spherical_kmeans",
+    "stability",
     "validate_config",
 ]

@@ -18,23 +18,27 @@ import yaml
 
 from cxrcluster.clustering.preparation import _is_int, _require, _validate_preparation
 from cxrcluster.clustering.registry import ALGORITHMS
+from cxrcluster.clustering.verdict import DEGENERACY_DEFAULTS
 
 DEFAULTS: dict = {
     "seed": 0,
     "seeds": 5,
     "memory_budget_gb": 8.0,
     "silhouette_max_n": 5000,
+    "chance_permutations": 200,
+    "degenerate": {},
     "preparation": {},
 }
 """Top-level configuration values used when the configuration leaves them out."""
 
-RUNNER_KEYS = ("enabled", "max_samples")
+RUNNER_KEYS = ("enabled", "max_samples", "preparation")
 """Per-algorithm configuration keys read by the suite, not passed to the algorithm.
 
 ``enabled`` (default true) switches an algorithm off; ``max_samples`` caps the
 number of images it is fitted on (a seeded subsample, the rest assigned as for
 the memory budget), for algorithms whose running time, not memory, is the
-limit.
+limit; ``preparation`` replaces the top-level feature preparation for this
+algorithm (same keys), for algorithms that need another space.
 """
 
 
@@ -50,8 +54,10 @@ def load_config(path: str | PathLike) -> dict:
     -------
     dict
         The configuration with defaults filled in: ``seed``, ``seeds``,
-        ``memory_budget_gb``, ``silhouette_max_n``, ``preparation`` and
-        ``algorithms`` (name -> parameters, each with ``enabled``).
+        ``memory_budget_gb``, ``silhouette_max_n``, ``chance_permutations``,
+        ``degenerate`` (thresholds, :data:`cxrcluster.clustering.verdict.DEGENERACY_DEFAULTS`),
+        ``preparation`` and ``algorithms`` (name -> parameters, each with
+        ``enabled``, optionally its own ``preparation``).
 
     Raises
     ------
@@ -88,6 +94,18 @@ def validate_config(config: Mapping, *, source: str = "the clustering configurat
         source,
         "silhouette_max_n must be an integer of at least 2",
     )
+    _require(
+        _is_int(cfg["chance_permutations"]) and cfg["chance_permutations"] >= 1,
+        source,
+        "chance_permutations must be a positive integer",
+    )
+    degenerate = cfg["degenerate"] or {}
+    _require(isinstance(degenerate, Mapping), source, "degenerate must be a mapping of thresholds")
+    unknown = sorted(set(degenerate) - set(DEGENERACY_DEFAULTS))
+    _require(not unknown, source, f"unknown degenerate threshold(s) {unknown} (known: {list(DEGENERACY_DEFAULTS)})")
+    cfg["degenerate"] = {**DEGENERACY_DEFAULTS, **degenerate}
+    for key, value in cfg["degenerate"].items():
+        _require(_is_number(value) and value >= 0, source, f"degenerate.{key} must be a non-negative number")
     cfg["preparation"] = _validate_preparation(cfg["preparation"], source)
 
     algorithms = cfg.get("algorithms")
@@ -111,9 +129,31 @@ def validate_config(config: Mapping, *, source: str = "the clustering configurat
             source,
             f"algorithms.{name}.max_samples must be an integer of at least 2",
         )
+        if "preparation" in spec:
+            spec["preparation"] = _validate_preparation(spec["preparation"], f"{source}: algorithms.{name}")
         checked[name] = spec
     cfg["algorithms"] = checked
     return cfg
+
+
+def algorithm_preparation(config: Mapping, name: str) -> dict:
+    """The feature preparation an algorithm runs on: its own, or the configuration's.
+
+    Parameters
+    ----------
+    config : mapping
+        A validated configuration (:func:`validate_config`).
+    name : str
+        An algorithm of the configuration.
+
+    Returns
+    -------
+    dict
+        The checked preparation mapping.
+    """
+    if name not in config["algorithms"]:
+        raise KeyError(f"{name} is not in the clustering configuration (it has {', '.join(config['algorithms'])})")
+    return config["algorithms"][name].get("preparation", config["preparation"])
 
 
 def _is_number(value) -> bool:

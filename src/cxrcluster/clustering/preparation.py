@@ -17,7 +17,11 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler, normalize
 
-PREPARATION_KEYS = ("standardize", "l2_normalize", "pca")
+PREPARATION_KEYS = ("l2_first", "standardize", "pca", "umap", "l2_normalize")
+
+UMAP_DEFAULTS: dict = {"n_components": 10, "n_neighbors": 15, "min_dist": 0.0}
+"""UMAP settings used for what ``preparation.umap`` leaves out: ``min_dist`` 0 packs neighbours
+tightly, as recommended for clustering rather than for drawing."""
 """Keys of the ``preparation`` mapping: ``standardize``, ``l2_normalize`` (bool) and ``pca``."""
 
 
@@ -31,6 +35,11 @@ class FittedPreparation:
         Standardisation, if configured.
     pca : sklearn.decomposition.PCA or None
         PCA fitted on the standardised features, if configured.
+    umap : umap.UMAP or None
+        UMAP fitted on the PCA's output, if configured. It is not linear, so
+        ``transform`` of new points approximates the fitted embedding.
+    l2_first : bool
+        Whether each raw feature vector is scaled to unit length first.
     l2_normalize : bool
         Whether each row is scaled to unit length last.
     description : str
@@ -42,6 +51,8 @@ class FittedPreparation:
     pca: PCA | None
     l2_normalize: bool
     description: str
+    umap: object | None = None
+    l2_first: bool = False
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Apply the fitted steps, in order, to features.
@@ -58,32 +69,45 @@ class FittedPreparation:
             Prepared features.
         """
         X = np.asarray(X, dtype=np.float64)
+        if self.l2_first:
+            X = normalize(X)
         if self.scaler is not None:
             X = self.scaler.transform(X)
         if self.pca is not None:
             X = self.pca.transform(X)
+        if self.umap is not None:
+            X = np.asarray(self.umap.transform(X), dtype=np.float64)
         if self.l2_normalize:
             X = normalize(X)
         return X
 
 
-def fit_preparation(X: np.ndarray, preparation: Mapping) -> tuple[np.ndarray, FittedPreparation]:
+def fit_preparation(
+    X: np.ndarray, preparation: Mapping, seed: int = 0
+) -> tuple[np.ndarray, FittedPreparation]:
     """Fit the preparation steps on features and prepare them.
 
-    Steps run in this order, each only if configured: standardisation (zero
-    mean, unit variance per feature), PCA, L2 normalisation (last, so that the
-    algorithms see unit vectors when it is asked for). PCA uses the exact
-    covariance eigendecomposition, which is deterministic, so no seed is
-    needed; the number of components is capped at ``min(n, d)``.
+    Steps run in this order, each only if configured: L2 normalisation of the
+    raw features (``l2_first``: their directions, the cosine geometry),
+    standardisation (zero mean, unit variance per feature), PCA, UMAP, L2
+    normalisation (``l2_normalize``, last, so that the algorithms see unit
+    vectors). PCA uses the
+    exact covariance eigendecomposition, which is deterministic; the number of
+    components is capped at ``min(n, d)``. UMAP (the ``umap-learn`` package) is
+    seeded with ``seed``, which also makes it run on one thread and repeat
+    exactly.
 
     Parameters
     ----------
     X : numpy.ndarray, shape (n, d)
         Features, no NaN.
     preparation : mapping
-        ``standardize`` (bool), ``l2_normalize`` (bool), ``pca`` (empty, a
-        number of components, or a fraction of variance to explain); missing
-        keys are off.
+        ``l2_first`` (bool), ``standardize`` (bool), ``l2_normalize`` (bool), ``pca`` (empty, a
+        number of components, or a fraction of variance to explain), ``umap``
+        (empty, or a mapping of ``n_components``, ``n_neighbors`` and
+        ``min_dist`` for ``umap.UMAP``); missing keys are off.
+    seed : int, default 0
+        Seed of UMAP.
 
     Returns
     -------
@@ -101,6 +125,9 @@ def fit_preparation(X: np.ndarray, preparation: Mapping) -> tuple[np.ndarray, Fi
     X = np.asarray(X, dtype=np.float64)
     steps = []
     scaler = pca = None
+    if prep["l2_first"]:
+        X = normalize(X)
+        steps.append("l2")
     if prep["standardize"]:
         scaler = StandardScaler()
         X = scaler.fit_transform(X)
@@ -113,14 +140,23 @@ def fit_preparation(X: np.ndarray, preparation: Mapping) -> tuple[np.ndarray, Fi
         steps.append(
             f"pca({pca.n_components_})" if _is_int(wanted) else f"pca({wanted:g}:{pca.n_components_})"
         )
+    embedding = None
+    if prep["umap"] is not None:
+        import umap  # imported here: it is slow to import, and only this step needs it
+
+        settings = {**UMAP_DEFAULTS, **prep["umap"]}
+        embedding = umap.UMAP(**settings, random_state=seed)
+        X = np.asarray(embedding.fit_transform(X), dtype=np.float64)
+        steps.append(f"umap({settings['n_components']},{settings['n_neighbors']},{settings['min_dist']:g})")
     if prep["l2_normalize"]:
         X = normalize(X)
         steps.append("l2")
-    fitted = FittedPreparation(scaler, pca, prep["l2_normalize"], "+".join(steps) or "none")
+    fitted = FittedPreparation(scaler, pca, prep["l2_normalize"], "+".join(steps) or "none", embedding,
+                               prep["l2_first"])
     return X, fitted
 
 
-def prepare_features(X: np.ndarray, preparation: dict) -> tuple[np.ndarray, str]:
+def prepare_features(X: np.ndarray, preparation: dict, seed: int = 0) -> tuple[np.ndarray, str]:
     """Standardise, reduce and normalise features before clustering.
 
     The steps of :func:`fit_preparation`, fitted on ``X`` and applied to it.
@@ -130,8 +166,9 @@ def prepare_features(X: np.ndarray, preparation: dict) -> tuple[np.ndarray, str]
     X : numpy.ndarray, shape (n, d)
         Features, no NaN.
     preparation : dict
-        ``standardize`` (bool), ``l2_normalize`` (bool), ``pca`` (empty, a
-        number of components, or a fraction of variance to explain).
+        As for :func:`fit_preparation`.
+    seed : int, default 0
+        Seed of UMAP.
 
     Returns
     -------
@@ -140,7 +177,7 @@ def prepare_features(X: np.ndarray, preparation: dict) -> tuple[np.ndarray, str]
         Short record of what was done, e.g. ``standardize+pca(50)``,
         ``pca(0.9:37)`` (fraction: components kept) or ``none``.
     """
-    X_prepared, fitted = fit_preparation(X, preparation)
+    X_prepared, fitted = fit_preparation(X, preparation, seed=seed)
     return X_prepared, fitted.description
 
 
@@ -156,8 +193,9 @@ def _validate_preparation(preparation: Mapping | None, source: str = "the prepar
             f"unknown preparation key(s) in {source}: {', '.join(map(str, unknown))} "
             f"(known: {', '.join(PREPARATION_KEYS)})"
         )
-    prep = {"standardize": False, "l2_normalize": False, "pca": None, **preparation}
-    for key in ("standardize", "l2_normalize"):
+    prep = {"l2_first": False, "standardize": False, "l2_normalize": False, "pca": None, "umap": None,
+            **preparation}
+    for key in ("l2_first", "standardize", "l2_normalize"):
         _require(isinstance(prep[key], bool), source, f"preparation.{key} must be true or false")
     pca = prep["pca"]
     _require(
@@ -165,6 +203,18 @@ def _validate_preparation(preparation: Mapping | None, source: str = "the prepar
         source,
         "preparation.pca must be empty, a number of components or a variance fraction in (0, 1)",
     )
+    umap = prep["umap"]
+    _require(umap is None or isinstance(umap, Mapping), source, "preparation.umap must be empty or a mapping")
+    if umap is not None:
+        unknown = sorted(set(umap) - set(UMAP_DEFAULTS))
+        _require(not unknown, source, f"unknown preparation.umap key(s) {unknown} (known: {list(UMAP_DEFAULTS)})")
+        settings = {**UMAP_DEFAULTS, **umap}
+        _require(_is_int(settings["n_components"]) and settings["n_components"] >= 1, source,
+                 "preparation.umap.n_components must be a positive integer")
+        _require(_is_int(settings["n_neighbors"]) and settings["n_neighbors"] >= 2, source,
+                 "preparation.umap.n_neighbors must be an integer of at least 2")
+        _require(isinstance(settings["min_dist"], int | float) and settings["min_dist"] >= 0, source,
+                 "preparation.umap.min_dist must be a non-negative number")
     return prep
 
 

@@ -22,6 +22,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
+from cxrcluster.clustering.spherical import spherical_kmeans
+
 GIB = 2**30
 
 
@@ -44,11 +46,21 @@ class Fit:
         Row ``i`` is the exemplar (medoid, centre) of cluster ``i``, in the
         space the algorithm was fitted in. Points left out of a subsample are
         assigned to the nearest one; without it, to the nearest centroid.
+    objective : float, optional
+        The algorithm's own measure of fit, lower is better (inertia, medoid
+        cost, fuzzy objective, minus the likelihood bound): among the runs of
+        several seeds the lowest is the one reported, chosen without labels.
+        None for algorithms without one.
+    diagnostics : dict
+        What the fit says about itself beyond its labels (fuzzy c-means'
+        partition coefficient), read by the degeneracy rule.
     """
 
     labels: np.ndarray
     params: dict
     centres: np.ndarray | None = None
+    objective: float | None = None
+    diagnostics: dict = field(default_factory=dict)
 
 
 FitFunction = Callable[[np.ndarray, dict, float], Fit]
@@ -102,15 +114,28 @@ class Algorithm:
 # ---------------------------------------------------------------- fit functions
 
 
-def _estimator(cls, centres: str | None = None) -> FitFunction:
-    """Fit function of an estimator with ``fit_predict``; ``centres`` names its exemplar attribute."""
+def _estimator(cls, centres: str | None = None, objective: Callable | None = None) -> FitFunction:
+    """Fit function of an estimator with ``fit_predict``.
+
+    ``centres`` names its exemplar attribute; ``objective(est)`` gives its own
+    measure of fit, lower is better (see :class:`Fit`).
+    """
 
     def fit(X: np.ndarray, params: dict, budget: float) -> Fit:
         est = cls(**params)
         labels = est.fit_predict(X)
-        return Fit(labels, params, getattr(est, centres) if centres else None)
+        return Fit(labels, params, getattr(est, centres) if centres else None,
+                   objective=float(objective(est)) if objective else None)
 
     return fit
+
+
+def _inertia(est) -> float:
+    return est.inertia_
+
+
+def _minus_likelihood(est) -> float:
+    return -est.lower_bound_
 
 
 def _fit_kmedoids(X: np.ndarray, params: dict, budget: float) -> Fit:
@@ -118,14 +143,46 @@ def _fit_kmedoids(X: np.ndarray, params: dict, budget: float) -> Fit:
     from sklearn_extra.cluster import KMedoids
 
     est = KMedoids(**params).fit(X)
-    return Fit(est.labels_, params, est.cluster_centers_)
+    return Fit(est.labels_, params, est.cluster_centers_, objective=float(est.inertia_))
+
+
+def _fit_spherical_kmeans(X: np.ndarray, params: dict, budget: float) -> Fit:
+    labels, centres, objective = spherical_kmeans(X, **params)
+    return Fit(labels, params, centres, objective=objective)
 
 
 def _fit_fuzzy_cmeans(X: np.ndarray, params: dict, budget: float) -> Fit:
     from skfuzzy.cluster import cmeans
 
-    centres, membership, *_ = cmeans(X.T, **params)
-    return Fit(np.argmax(membership, axis=0), params, centres)
+    used = dict(params)
+    if used.get("m") == "auto":
+        used["m"] = _round(fuzzifier(*X.shape))
+    centres, membership, _, _, history, _, partition = cmeans(X.T, **used)
+    return Fit(np.argmax(membership, axis=0), used, centres, objective=float(history[-1]),
+               diagnostics={"partition_coefficient": float(partition), "n_centres": int(centres.shape[0])})
+
+
+def fuzzifier(n: int, d: int) -> float:
+    """The fuzzifier ``m`` suited to ``n`` points in ``d`` dimensions (Schwämmle and Jensen, 2010).
+
+    ``m = 1 + (1418 / n + 22.05) d^-2 + (12.33 / n + 0.243) d^(-0.0406 ln n - 0.1134)``,
+    fitted on random data so that fuzzy c-means does not collapse every centre
+    onto the data's mean: the usual ``m = 2`` does in high dimensions.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    d : int
+        Number of dimensions (after the feature preparation).
+
+    Returns
+    -------
+    float
+        The fuzzifier, above 1.
+    """
+    return float(1 + (1418 / n + 22.05) * d ** -2.0
+                 + (12.33 / n + 0.243) * d ** (-0.0406 * np.log(n) - 0.1134))
 
 
 def _fit_hdbscan(X: np.ndarray, params: dict, budget: float) -> Fit:
@@ -340,29 +397,29 @@ _KMEANS = {"n_init": 10, "max_iter": 300}
 
 ALGORITHMS: dict[str, Algorithm] = {
     "KMeans": Algorithm(
-        _estimator(skcluster.KMeans, "cluster_centers_"),
+        _estimator(skcluster.KMeans, "cluster_centers_", _inertia),
         defaults=_KMEANS,
         n_clusters_key="n_clusters",
         seed_key="random_state",
         stochastic=True,
     ),
     "MiniBatchKMeans": Algorithm(
-        _estimator(skcluster.MiniBatchKMeans, "cluster_centers_"),
+        _estimator(skcluster.MiniBatchKMeans, "cluster_centers_", _inertia),
         defaults={"n_init": 10, "batch_size": 1024},
         n_clusters_key="n_clusters",
         seed_key="random_state",
         stochastic=True,
     ),
     "BisectingKMeans": Algorithm(
-        _estimator(skcluster.BisectingKMeans, "cluster_centers_"),
+        _estimator(skcluster.BisectingKMeans, "cluster_centers_", _inertia),
         defaults={"n_init": 5},
         n_clusters_key="n_clusters",
         seed_key="random_state",
         stochastic=True,
     ),
-    # KMeans on unit vectors: clusters by direction (cosine similarity), not magnitude
+    # k-means by cosine similarity with unit-length centroids (cxrcluster.clustering.spherical)
     "SphericalKMeans": Algorithm(
-        _estimator(skcluster.KMeans, "cluster_centers_"),
+        _fit_spherical_kmeans,
         defaults=_KMEANS,
         n_clusters_key="n_clusters",
         seed_key="random_state",
@@ -416,21 +473,22 @@ ALGORITHMS: dict[str, Algorithm] = {
         defaults={"bandwidth": "estimate", "quantile": 0.3, "bin_seeding": False, "cluster_all": True},
     ),
     "GaussianMixture": Algorithm(
-        _estimator(mixture.GaussianMixture, "means_"),
+        _estimator(mixture.GaussianMixture, "means_", _minus_likelihood),
         defaults={"covariance_type": "full", "reg_covar": 1e-3, "max_iter": 200},
         n_clusters_key="n_components",
         seed_key="random_state",
         stochastic=True,
     ),
+    # chooses its own number of clusters: n_components is an upper bound, not the class count
     "BayesianGaussianMixture": Algorithm(
-        _estimator(mixture.BayesianGaussianMixture, "means_"),
+        _estimator(mixture.BayesianGaussianMixture, "means_", _minus_likelihood),
         defaults={
+            "n_components": 10,
             "covariance_type": "full",
             "weight_concentration_prior_type": "dirichlet_process",
             "reg_covar": 1e-3,
             "max_iter": 500,
         },
-        n_clusters_key="n_components",
         seed_key="random_state",
         stochastic=True,
     ),

@@ -2,12 +2,15 @@
 
 :func:`run_suite` checks the configuration
 (:func:`cxrcluster.clustering.config.validate_config`), prepares the features
-once (:func:`cxrcluster.clustering.preparation.prepare_features`), runs each
-enabled algorithm of :data:`cxrcluster.clustering.registry.ALGORITHMS` under
-the memory budget, once per seed when it is stochastic or subsampled
-(:func:`derive_seeds`), and scores it with
-:func:`cxrcluster.metrics.score_clustering` into a table of
-:data:`RESULT_COLUMNS`.
+once per distinct preparation (:func:`cxrcluster.clustering.preparation.prepare_features`),
+runs each enabled algorithm of :data:`cxrcluster.clustering.registry.ALGORITHMS`
+under the memory budget, once per seed when it is stochastic or subsampled
+(:func:`derive_seeds`), picks the run to report without the labels
+(:func:`cxrcluster.clustering.verdict.choose_representative`), scores it with
+:func:`cxrcluster.metrics.score_clustering` and its chance level
+(:func:`cxrcluster.metrics.chance_label_change`), and names it degenerate when
+it is not a result (:func:`cxrcluster.clustering.verdict.degenerate_reason`),
+into a table of :data:`RESULT_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from cxrcluster.clustering.registry import (
     MemoryBudgetExceeded,
     MemoryEstimate,
 )
+from cxrcluster.clustering.verdict import choose_representative, degenerate_reason, stability
 
 MIN_SUBSAMPLE = 100
 """Fewest images a memory-limited algorithm may be fitted on; below it, it is skipped."""
@@ -48,13 +52,21 @@ METRICS = (
     "noise_fraction",
 )
 SPREAD = ("label_percentage_change", "ari", "nmi")
+CHANCE = ("chance_label_change", "chance_p")
+"""The run's chance level (:func:`cxrcluster.metrics.chance_label_change`)."""
 RESULT_COLUMNS = [
     "model",
     "clustering",
     *METRICS,
+    *CHANCE,
+    "comparable_silhouette",
     *(f"{m}_{stat}" for m in SPREAD for stat in ("mean", "std")),
+    "stability",
     "n_seeds",
+    "chosen_by",
     "n_images",
+    "n_fitted",
+    "n_assigned",
     "preparation",
     "params",
     "wall_time_s",
@@ -96,19 +108,30 @@ def run_suite(
     results : pandas.DataFrame
         One row per enabled algorithm, in configuration order, with columns
         :data:`RESULT_COLUMNS`: the metrics of
-        :func:`cxrcluster.metrics.score_clustering` for the first seed (the
-        run whose cluster ids are returned and written to the label CSVs, so
-        that the table can be recomputed from them), ``*_mean`` and ``*_std``
-        (mean and standard deviation over seeds; the std is 0 for a single run),
-        ``n_seeds`` (runs made), ``n_images``, ``preparation``
+        :func:`cxrcluster.metrics.score_clustering` for the representative
+        run (chosen without labels, ``chosen_by``: ``objective``,
+        ``agreement`` or ``single run``; its cluster ids are returned and
+        written to the label CSVs, so that the table can be recomputed from
+        them), ``chance_label_change`` and ``chance_p`` (what the same cluster
+        sizes score at random, and how often chance does as well),
+        ``comparable_silhouette`` (on the shared preparation, noise counted
+        as 0: :func:`cxrcluster.metrics.comparable_silhouette`, comparable
+        across algorithms),
+        ``*_mean`` and ``*_std`` (over seeds; the std is 0 for a single run),
+        ``stability`` (mean pairwise ARI between seeds; NaN for one run),
+        ``n_seeds`` (runs made), ``n_images``, ``n_fitted`` and ``n_assigned``
+        (images the representative was fitted on, and that joined it by
+        nearest exemplar or centroid), ``preparation``
         (:func:`prepare_features`), ``params`` (compact JSON of the parameters
-        used, with values chosen from the data, ``seeds`` and, when
-        subsampled, ``subsample`` and ``assign``), ``wall_time_s`` (fitting
-        time of all runs, scoring excluded) and ``status`` (``ok``,
-        ``failed: <reason>`` or ``skipped: <reason>``; metrics are NaN unless ok).
+        used, with values chosen from the data, ``seeds``, the chosen
+        ``seed`` and, when subsampled, ``subsample`` and ``assign``),
+        ``wall_time_s`` (fitting time of all runs, scoring excluded) and
+        ``status`` (``ok``, ``degenerate: <reason>`` (a run that is not a
+        result; its metrics are kept), ``failed: <reason>`` or
+        ``skipped: <reason>``; metrics are NaN when failed or skipped).
     cluster_ids : dict of str to numpy.ndarray
-        Cluster ids (``-1`` noise) of the first seed of every algorithm whose
-        status is ok.
+        Cluster ids (``-1`` noise) of the representative run of every
+        algorithm whose status is ok or degenerate.
     """
     cfg = validate_config(config)
     X = np.asarray(X, dtype=np.float64)
@@ -118,19 +141,28 @@ def run_suite(
     if np.isnan(X).any():
         raise ValueError("features contain NaN; drop those images before clustering")
     n_classes = int(np.unique(labels).size)
-    X_prepared, preparation = prepare_features(X, cfg["preparation"])
     seeds = derive_seeds(cfg["seed"], cfg["seeds"])
     budget = float(cfg["memory_budget_gb"]) * GIB
 
+    prepared: dict[str, tuple[np.ndarray, str]] = {}  # one computation per distinct preparation
+    shared_key = _to_json(cfg["preparation"])
+    prepared[shared_key] = prepare_features(X, cfg["preparation"], seed=cfg["seed"])
     rows, cluster_ids = [], {}
     names = [name for name, spec in cfg["algorithms"].items() if spec["enabled"]]
     bar = tqdm(names, desc=model or "clustering", unit="algorithm", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
-        row, clusters = _run_algorithm(
-            name, cfg["algorithms"][name], X_prepared, labels, n_classes, seeds, budget, cfg
-        )
-        rows.append({"model": model, "preparation": preparation, **row})
+        spec = cfg["algorithms"][name]
+        preparation = spec.get("preparation", cfg["preparation"])
+        key = _to_json(preparation)
+        if key not in prepared:
+            prepared[key] = prepare_features(X, preparation, seed=cfg["seed"])
+        X_prepared, description = prepared[key]
+        row, clusters = _run_algorithm(name, spec, X_prepared, labels, n_classes, seeds, budget, cfg)
+        if clusters is not None:
+            row["comparable_silhouette"] = metrics.comparable_silhouette(
+                prepared[shared_key][0], clusters, max_n=cfg["silhouette_max_n"], seed=cfg["seed"])
+        rows.append({"model": model, "preparation": description, **row})
         if clusters is not None:
             cluster_ids[name] = clusters
     return pd.DataFrame(rows, columns=RESULT_COLUMNS), cluster_ids
@@ -153,9 +185,15 @@ def _run_algorithm(
     row = {
         "clustering": name,
         **dict.fromkeys(METRICS, math.nan),
+        **dict.fromkeys(CHANCE, math.nan),
+        "comparable_silhouette": math.nan,
         **{f"{m}_{stat}": math.nan for m in SPREAD for stat in ("mean", "std")},
+        "stability": math.nan,
         "n_seeds": 0,
+        "chosen_by": "",
         "n_images": X.shape[0],
+        "n_fitted": 0,
+        "n_assigned": 0,
         "params": _to_json(params),
         "wall_time_s": 0.0,
     }
@@ -193,7 +231,7 @@ def _run_algorithm(
             scores = metrics.score_clustering(
                 labels, clusters, view, silhouette_max_n=cfg["silhouette_max_n"], seed=cfg["seed"]
             )
-            runs.append((clusters, scores))
+            runs.append((clusters, scores, fit))
             if used is None:
                 used = {k: v for k, v in fit.params.items() if k != algo.seed_key}
                 if algo.seed_key or subsampled:
@@ -210,12 +248,23 @@ def _run_algorithm(
             "status": f"failed: {type(exc).__name__}: {_one_line(exc)}",
         }, None
 
-    table = pd.DataFrame([scores for _, scores in runs])
-    row.update({m: float(table[m].iloc[0]) for m in METRICS})
+    chosen, rule = choose_representative([c for c, _, _ in runs], [f.objective for _, _, f in runs],
+                                         same_images=not subsampled)
+    clusters, _, fit = runs[chosen]
+    if algo.seed_key or subsampled:
+        used["seed"] = run_seeds[chosen]
+    table = pd.DataFrame([scores for _, scores, _ in runs])
+    row.update({m: float(table[m].iloc[chosen]) for m in METRICS})
     row.update({f"{m}_mean": float(table[m].mean()) for m in SPREAD})
     row.update({f"{m}_std": float(table[m].std(ddof=1)) if len(runs) > 1 else 0.0 for m in SPREAD})
-    row.update(n_seeds=len(runs), params=_to_json(used), wall_time_s=round(fit_time, 3), status="ok")
-    return row, runs[0][0]
+    chance, p_value = metrics.chance_label_change(labels, clusters, n_permutations=cfg["chance_permutations"],
+                                                  seed=cfg["seed"])
+    reason = degenerate_reason(clusters, cfg["degenerate"], fit.diagnostics)
+    row.update(chance_label_change=chance, chance_p=p_value, stability=stability([c for c, _, _ in runs]),
+               n_seeds=len(runs), chosen_by=rule, n_fitted=fitted_n, n_assigned=n - fitted_n,
+               params=_to_json(used), wall_time_s=round(fit_time, 3),
+               status=f"degenerate: {reason}" if reason else "ok")
+    return row, clusters
 
 
 def _fit_subsample(
