@@ -1,4 +1,4 @@
-"""Every notebook, 00 to 08, executed headlessly through papermill on tiny inputs, as a researcher's run would."""
+"""Every notebook, 00 to 09, executed headlessly through papermill on tiny inputs, as a researcher's run would."""
 
 import json
 from pathlib import Path

@@ -10,11 +10,13 @@ the configuration reader as well.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler, normalize
 
 PREPARATION_KEYS = ("l2_first", "standardize", "pca", "umap", "l2_normalize")
@@ -36,8 +38,9 @@ class FittedPreparation:
     pca : sklearn.decomposition.PCA or None
         PCA fitted on the standardised features, if configured.
     umap : umap.UMAP or None
-        UMAP fitted on the PCA's output, if configured. It is not linear, so
-        ``transform`` of new points approximates the fitted embedding.
+        UMAP fitted on the PCA's output, if configured. It was fitted on an
+        exact neighbour graph of the points themselves, so it embeds those
+        points only: :meth:`transform` refuses new ones.
     l2_first : bool
         Whether each raw feature vector is scaled to unit length first.
     l2_normalize : bool
@@ -76,7 +79,8 @@ class FittedPreparation:
         if self.pca is not None:
             X = self.pca.transform(X)
         if self.umap is not None:
-            X = np.asarray(self.umap.transform(X), dtype=np.float64)
+            raise ValueError("a UMAP embedding fitted on its own points cannot place new ones; use the prepared "
+                             "features fit_preparation returned")
         if self.l2_normalize:
             X = normalize(X)
         return X
@@ -142,11 +146,16 @@ def fit_preparation(
         )
     embedding = None
     if prep["umap"] is not None:
-        import umap  # imported here: it is slow to import, and only this step needs it
-
         settings = {**UMAP_DEFAULTS, **prep["umap"]}
-        embedding = umap.UMAP(**settings, random_state=seed)
-        X = np.asarray(embedding.fit_transform(X), dtype=np.float64)
+        # Exact neighbours, given to UMAP: its own approximate search above 4,096 points compiles
+        # for about a minute in every process, and the exact graph is cheap in 50 dimensions.
+        k = min(int(settings["n_neighbors"]), X.shape[0])
+        distances, indices = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+        embedding = _umap_class()(**settings, random_state=seed, precomputed_knn=(indices, distances, None))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+            X = np.asarray(embedding.fit_transform(X), dtype=np.float64)
         steps.append(f"umap({settings['n_components']},{settings['n_neighbors']},{settings['min_dist']:g})")
     if prep["l2_normalize"]:
         X = normalize(X)
@@ -179,6 +188,31 @@ def prepare_features(X: np.ndarray, preparation: dict, seed: int = 0) -> tuple[n
     """
     X_prepared, fitted = fit_preparation(X, preparation, seed=seed)
     return X_prepared, fitted.description
+
+
+def _umap_class():
+    """``umap.UMAP``, imported without umap's parametric variant.
+
+    umap's package imports ``umap.parametric_umap`` whenever TensorFlow is
+    installed, which loads TensorFlow: seconds and about 700 MiB in every
+    process that clusters, for a variant this project never uses. Marking
+    that submodule absent while umap is first imported makes umap skip it,
+    as it does where TensorFlow is not installed.
+    """
+    import sys
+
+    if "umap" not in sys.modules:
+        blocked = "umap.parametric_umap" not in sys.modules
+        if blocked:
+            sys.modules["umap.parametric_umap"] = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ImportWarning)
+                import umap  # noqa: F401
+        finally:
+            if blocked and sys.modules.get("umap.parametric_umap", 0) is None:
+                del sys.modules["umap.parametric_umap"]
+    return sys.modules["umap"].UMAP
 
 
 # ---------------------------------------------------------------- checking
