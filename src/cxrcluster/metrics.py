@@ -73,12 +73,9 @@ def match_clusters(labels: ArrayLike, clusters: ArrayLike) -> dict[int, str]:
         Matched class of every matched cluster id.
     """
     codes, classes, clusters = _check(labels, clusters)
-    kept = clusters != NOISE
-    ids, rows = np.unique(clusters[kept], return_inverse=True)
+    ids, table = _contingency(codes, clusters, len(classes))
     if ids.size == 0:
         return {}
-    table = np.zeros((ids.size, len(classes)), dtype=np.int64)
-    np.add.at(table, (rows, codes[kept]), 1)
     matched_rows, matched_cols = linear_sum_assignment(table, maximize=True)
     return {int(ids[r]): classes[c] for r, c in zip(matched_rows, matched_cols, strict=True)}
 
@@ -160,14 +157,20 @@ def label_table(image_names: ArrayLike, labels: ArrayLike, clusters: ArrayLike) 
     )
 
 
-def _kept_in_class(codes: np.ndarray, clusters: np.ndarray, n_classes: int) -> int:
-    """Images kept in their class by the best one-to-one matching (noise never matched)."""
+def _contingency(codes: np.ndarray, clusters: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cluster ids (noise left out) and their cluster x class count table."""
     kept = clusters != NOISE
     ids, rows = np.unique(clusters[kept], return_inverse=True)
-    if ids.size == 0:
-        return 0
     table = np.zeros((ids.size, n_classes), dtype=np.int64)
     np.add.at(table, (rows, codes[kept]), 1)
+    return ids, table
+
+
+def _kept_in_class(codes: np.ndarray, clusters: np.ndarray, n_classes: int) -> int:
+    """Images kept in their class by the best one-to-one matching (noise never matched)."""
+    ids, table = _contingency(codes, clusters, n_classes)
+    if ids.size == 0:
+        return 0
     r, c = linear_sum_assignment(table, maximize=True)
     return int(table[r, c].sum())
 
