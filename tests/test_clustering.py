@@ -157,6 +157,14 @@ def test_a_failing_algorithm_does_not_stop_the_others():
     assert set(ids) == {"AgglomerativeWard"}
 
 
+def test_optics_parameters_are_still_checked():
+    # OPTICS checks its parameters once and skips scikit-learn's checks inside its loop
+    X, labels = blobs()
+    results, _ = clustering.run_suite(X, labels, config({"OPTICS": {"xi": 2.0}}), progress=False)
+    assert results.loc[0, "status"].startswith("failed: InvalidParameterError")
+    assert "xi" in results.loc[0, "status"]
+
+
 def test_disabled_algorithms_are_left_out():
     X, labels = blobs()
     results, ids = clustering.run_suite(
@@ -332,7 +340,7 @@ def test_load_config_fills_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algorithms:\n  KMeans:\n")
     cfg = clustering.load_config(path)
-    assert cfg["seeds"] == 5 and cfg["memory_budget_gb"] == 8.0 and cfg["silhouette_max_n"] == 5000
+    assert cfg["seeds"] == 5 and cfg["memory_budget_gb"] == 8.0 and cfg["silhouette_max_n"] == 2500
     assert cfg["algorithms"] == {"KMeans": {"enabled": True}}
 
 
@@ -410,6 +418,38 @@ def test_chance_columns_recompute_from_the_returned_labels(suite_on_blobs):
         assert (row.chance_label_change, row.chance_p) == (chance, p), row.clustering
 
 
+def test_silhouettes_recompute_from_the_returned_labels(suite_on_blobs):
+    # the own silhouette is the reported run's, on the features it clustered; the comparable one is on
+    # the shared preparation with noise counted as 0 (reused from the own one where the two coincide)
+    truth, cfg, results, ids = suite_on_blobs
+    X, _ = blobs()
+    shared, _ = clustering.prepare_features(X, cfg["preparation"], seed=cfg["seed"])
+    for row in results.itertuples():
+        spec = cfg["algorithms"][row.clustering]
+        own, _ = clustering.prepare_features(X, spec.get("preparation", cfg["preparation"]), seed=cfg["seed"])
+        view = clustering.ALGORITHMS[row.clustering].view
+        own = view(own) if view else own
+        expected = metrics.score_clustering(truth, ids[row.clustering], own)["silhouette"]
+        comparable = metrics.comparable_silhouette(shared, ids[row.clustering])
+        assert row.silhouette == pytest.approx(expected, nan_ok=True), row.clustering
+        assert row.comparable_silhouette == pytest.approx(comparable, nan_ok=True), row.clustering
+
+
+def test_spectral_with_cluster_qr_does_not_depend_on_the_seed():
+    # the measurement behind running it once: the seed starts the eigensolver only, and cluster_qr
+    # reads the span of the eigenvectors (also identical for five seeds on the sample's features)
+    X, labels = blobs(n=300, d=20, std=4.0, random_state=3)
+    from sklearn.cluster import SpectralClustering
+
+    runs = [SpectralClustering(3, affinity="nearest_neighbors", n_neighbors=15, assign_labels="cluster_qr",
+                               random_state=seed).fit_predict(X) for seed in clustering.derive_seeds(0, 5)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    assert clustering.ALGORITHMS["Spectral"].is_stochastic({"assign_labels": "cluster_qr"}) is False
+    assert clustering.ALGORITHMS["Spectral"].is_stochastic({"assign_labels": "kmeans"}) is True
+    results, _ = clustering.run_suite(X, labels, config({"Spectral": {}}), progress=False)
+    assert results.loc[0, "n_seeds"] == 1 and results.loc[0, "chosen_by"] == "single run"
+
+
 def test_subsampled_runs_say_how_many_images_were_fitted_and_assigned():
     X, labels = blobs()
     results, _ = clustering.run_suite(X, labels, config({"Spectral": {"max_samples": 100}}), progress=False)
@@ -434,6 +474,20 @@ def test_fuzzifier_follows_schwaemmle_and_jensen():
     assert clustering.fuzzifier(300, 50) == pytest.approx(1.0844, abs=1e-4)
     assert clustering.fuzzifier(300, 10) == pytest.approx(1.3961, abs=1e-4)
     assert clustering.fuzzifier(5228, 50) < clustering.fuzzifier(300, 50) < 2  # closer to 1 as data grow
+
+
+@pytest.mark.slow
+def test_preparations_in_a_worker_process_give_the_same_results():
+    # the UMAP preparation is computed in a spawned worker while KMeans runs: the same table and labels
+    X, labels = blobs()
+    cfg = config({"KMeans": {}, "DBSCAN": {}, "AgglomerativeWard": {}})
+    background, ids_bg = clustering.run_suite(X, labels, cfg, progress=False)
+    here, ids_here = clustering.run_suite(X, labels, cfg, progress=False, background=False)
+    assert background["clustering"].tolist() == ["KMeans", "DBSCAN", "AgglomerativeWard"]  # configuration order
+    pd.testing.assert_frame_equal(background.drop(columns="wall_time_s"), here.drop(columns="wall_time_s"))
+    assert list(ids_bg) == list(ids_here)
+    for name in ids_here:
+        np.testing.assert_array_equal(ids_bg[name], ids_here[name])
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "seeds": 5,
     "memory_budget_gb": 8.0,
-    "silhouette_max_n": 5000,
+    "silhouette_max_n": 2500,
     "chance_permutations": 200,
     "degenerate": {},
     "preparation": {},
