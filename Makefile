@@ -55,6 +55,7 @@ SRC_STAGES := SRC_PREPARE=notebooks/00-prepare-data.ipynb SRC_AUDIT=notebooks/01
     SRC_REPORT=notebooks/04-report.ipynb SRC_PROBE=notebooks/05-supervised.ipynb \
     SRC_INTERPRET=notebooks/06-interpretability.ipynb SRC_MASK=notebooks/07-mask-lungs.ipynb \
     SRC_COMPARE=notebooks/08-compare-variants.ipynb SRC_PREPARATIONS=notebooks/09-compare-preparations.ipynb \
+    SRC_ISSUES=notebooks/10-label-issues.ipynb \
     SRC_INDEX=cxrcluster.report SRC_DEMO=cxrcluster.demo
 $(SRC_DEPS_MK): $(wildcard notebooks/*.ipynb) $(shell find $(S) -name '*.py') Makefile
 	@mkdir -p $(@D)
@@ -177,6 +178,17 @@ $(1)/classification_results.csv: notebooks/05-supervised.ipynb $(1)/clustering_r
 	    -r results_csv $(1)/clustering_results.csv -r classification_csv $(1)/classification_results.csv \
 	    -r dataset_json $(1)/reports/dataset.json -r figures_dir $(1)/reports/figures,$(1))
 
+# 10: label issues (drift, confident learning, duplicates per image) and the planted-noise check
+$(1)/label_issues.csv $(1)/reports/label_noise_check.csv &: notebooks/10-label-issues.ipynb \
+    $(1)/clustering_results.csv $(1)/label_drift.csv $(1)/reports/duplicates.csv \
+    $(foreach m,$(MODEL_LIST),$(1)/features/$(m).npy) $(OUT)/.make/models $(SRC_ISSUES) | $(VENV_OK)
+	$$(call papermill,10-label-issues,10-label-issues,-r models "$(MODEL_LIST)" -r data_dir $(2) \
+	    -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -r results_csv $(1)/clustering_results.csv -r clustering_labels_dir $(1)/clustering_labels \
+	    -r duplicates_csv $(1)/reports/duplicates.csv -r dataset_json $(1)/reports/dataset.json \
+	    -r label_issues_csv $(1)/label_issues.csv -r noise_check_csv $(1)/reports/label_noise_check.csv \
+	    -r figures_dir $(1)/reports/figures,$(1))
+
 # 06: Grad-CAM and saliency of one model, with the linear probe as its head
 $(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/label_drift.csv \
     $(1)/features/$(INTERPRET_MODEL).npy $(CONFIG) $(OUT)/.make/extraction $(OUT)/.make/models \
@@ -189,7 +201,7 @@ $(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/lab
 
 # the index links every output; it is rebuilt whenever a product it links changes
 $(1)/reports/index.html: $(1)/clustering_results.csv $(1)/label_drift.csv $(1)/reports/duplicates.csv \
-    $(1)/classification_results.csv $(1)/reports/interpretability.json \
+    $(1)/classification_results.csv $(1)/reports/interpretability.json $(1)/label_issues.csv \
     $(if $(and $(filter masked,$(VARIANT)),$(filter $(OUT),$(1))),$(COMPARISON)) \
     $(SRC_INDEX) | $(VENV_OK)
 	$(PY) -m cxrcluster.report $(1)
@@ -237,10 +249,11 @@ preparations: $(PREPARATIONS_CSV) ## compare feature preparations for every algo
 .PHONY: report
 report: $(call out,full)/reports/index.html $(if $(filter masked,$(VARIANT)),$(OUT)/masked/reports/index.html) ## every output, linked from reports/index.html (VARIANT=masked adds the masked run and the comparison)
 
-.PHONY: audit features cluster
+.PHONY: audit features cluster issues
 audit: $(call out,$(VARIANT))/reports/audit/confound.json ## audit the dataset: per-class files, source confound, duplicates
 features: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/features/$(m).npy) ## extract the features of every model in MODELS
 cluster: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/results/$(m).csv) ## cluster every model's features
+issues: $(call out,$(VARIANT))/label_issues.csv ## label issues per image and the planted-noise check
 
 # ---- Development ------------------------------------------------------------------------------
 .PHONY: test
@@ -262,7 +275,7 @@ lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel
 
 .PHONY: clean
 clean: ## delete every output of the pipeline under OUT (keeps .venv and the demo data)
-	rm -rf $(addprefix $(OUT)/,original_labels.csv features results clustering_results.csv label_drift.csv \
+	rm -rf $(addprefix $(OUT)/,original_labels.csv features results clustering_results.csv label_drift.csv label_issues.csv \
 	    classification_results.csv reports masked .make)
 	find $(OUT)/clustering_labels -name '*.csv' -delete 2>/dev/null || true
 

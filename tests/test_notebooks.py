@@ -1,4 +1,4 @@
-"""Every notebook, 00 to 09, executed headlessly through papermill on tiny inputs, as a researcher's run would."""
+"""Every notebook, 00 to 10, executed headlessly through papermill on tiny inputs, as a researcher's run would."""
 
 import json
 from pathlib import Path
@@ -105,6 +105,21 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     assert probe.loc[0, "n_images"] == 18 and probe.loc[0, "n_splits"] == 3
     assert 0 <= probe.loc[0, "accuracy_mean"] <= 1 and not probe.loc[0, "grouped_by_patient"]
     for name in ["probe_confusion_MobileNetV2-0.35", "supervised_vs_clustering"]:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+
+    # 10: label issues per image and the planted-noise check (0.2 of 6 images per class flips 1 each)
+    execute("10-label-issues", out, models="MobileNetV2-0.35", data_dir=str(data_dir),
+            original_labels_csv=str(labels_csv), features_dir=str(out / "features"),
+            results_csv=str(out / "clustering_results.csv"), clustering_labels_dir=str(out / "clustering_labels"),
+            duplicates_csv=str(out / "duplicates.csv"), dataset_json=str(dataset_json),
+            label_issues_csv=str(out / "label_issues.csv"), noise_check_csv=str(out / "label_noise_check.csv"),
+            figures_dir=str(out / "figures"), fractions="0.05 0.2", n_splits=3, per_class=2)
+    issues = pd.read_csv(out / "label_issues.csv")
+    assert sorted(issues["image_name"]) == sorted(labels["image_name"]) and issues["rank"].tolist() == list(range(1, 19))
+    assert {"cleanlab_quality_MobileNetV2-0.35", "drift_share", "combined_score"} <= set(issues.columns)
+    check = pd.read_csv(out / "label_noise_check.csv")
+    assert check["n_flipped"].tolist() == [0] * 4 + [3] * 4 and check.loc[4:, "roc_auc"].between(0, 1).all()
+    for name in ["label_noise_check", "label_issues_gallery"]:
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
 
     # 06: Grad-CAM and saliency through the probe, and the KMeans cluster's Grad-CAM for drifted images

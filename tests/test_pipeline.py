@@ -69,6 +69,13 @@ def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
         recomputed = metrics.matched_label_change(table["label"], table["cluster"])
         assert recomputed == pytest.approx(row.label_percentage_change)
         assert 100 * table["changed"].mean() == pytest.approx(row.label_percentage_change)
+    # label issues: at 5 % planted flips the combined rank is at least as good as either signal (seed 0)
+    check = pd.read_csv(tmp_path / "reports" / "label_noise_check.csv")
+    at5 = check[check["fraction"] == 0.05].set_index("signal")["roc_auc"]
+    print(f"planted 5 %: ROC AUC {at5.round(3).to_dict()}")
+    assert at5["combined"] >= max(at5["drift"], at5["cleanlab"]) and at5["random"] < 0.7
+    issues = pd.read_csv(tmp_path / "label_issues.csv")
+    assert len(issues) == 300 and issues["combined_score"].is_monotonic_decreasing
     # label drift: every share recomputed from the label CSVs of the combinations that ran
     drift = pd.read_csv(tmp_path / "label_drift.csv").set_index("image_name")
     ok = results[results["status"] == "ok"]

@@ -159,16 +159,67 @@ def plot_drift_gallery(
     matplotlib.figure.Figure
         A grid of ``n_classes x per_class`` axes; unused cells are hidden.
     """
-    data_dir = Path(data_dir)
-    paths = labels_df.set_index("image_name")["path"]
     classes = sorted(labels_df["label"].astype(str).unique())
     n_runs = int(drift["n_combinations"].max()) if len(drift) else 0
-
-    fig = Figure(figsize=(2.2 * per_class, 2.6 * max(1, len(classes)) + 0.6), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(max(1, len(classes)), per_class, squeeze=False))
-    for row, label in enumerate(classes):
+    cells = {}
+    for label in classes:
         chosen = drift[(drift["label"].astype(str) == label) & (drift["drift_share"] > 0)]
         chosen = chosen.sort_values(["drift_share", "image_name"], ascending=[False, True]).head(per_class)
+        cells[label] = [(item["image_name"],
+                         f"{item['image_name']}\nchanged in {item['drift_share']:.0%} "
+                         f"({item['n_changed']}/{item['n_combinations']})\n\u2192 {item['most_common_target']}")
+                        for _, item in chosen.iterrows()]
+    return thumbnail_gallery(
+        cells, data_dir, labels_df, per_class=per_class, empty_text="no image\nchanged label",
+        title=with_data_note(
+            f"Most-drifted images per labelled class: share of the {n_runs} successful model \u00d7 algorithm "
+            "runs in which each changed label, and the class it most often moved to", data_note),
+        thumb_size=thumb_size)
+
+
+def thumbnail_gallery(
+    cells: dict[str, list[tuple[str, str]]],
+    data_dir: str | os.PathLike,
+    labels_df: pd.DataFrame,
+    *,
+    per_class: int,
+    empty_text: str,
+    title: str,
+    thumb_size: int = 192,
+    cell_width: float = 2.2,
+    cell_height: float = 2.6,
+) -> Figure:
+    """A grid of X-ray thumbnails, one row per class, each with its own caption.
+
+    Parameters
+    ----------
+    cells : dict of str to list of (image name, caption)
+        Per class (row label, in order), the images to show, at most ``per_class``.
+    data_dir : path-like
+        The data folder the label table's paths are relative to.
+    labels_df : pandas.DataFrame
+        ``original_labels.csv`` (``image_name, path``).
+    per_class : int
+        Columns of the grid.
+    empty_text : str
+        Shown in a row without images.
+    title : str
+        The figure's title.
+    thumb_size : int, default 192
+        Longest side of a thumbnail, in pixels.
+    cell_width, cell_height : float, default 2.2 and 2.6
+        Size of a cell in inches (larger for longer captions).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Unused cells are hidden; an unreadable image shows why instead.
+    """
+    data_dir = Path(data_dir)
+    paths = labels_df.set_index("image_name")["path"]
+    fig = Figure(figsize=(cell_width * per_class, cell_height * max(1, len(cells)) + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(max(1, len(cells)), per_class, squeeze=False))
+    for row, (label, chosen) in enumerate(cells.items()):
         for col, ax in enumerate(axes[row]):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -176,28 +227,18 @@ def plot_drift_gallery(
                 ax.set_ylabel(label, fontsize="large")
             if col >= len(chosen):
                 if col == 0:
-                    ax.text(0.5, 0.5, "no image\nchanged label", ha="center", va="center",
-                            transform=ax.transAxes, color="0.4")
+                    ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="0.4")
                     for spine in ax.spines.values():
                         spine.set_visible(False)
                 else:
                     ax.set_axis_off()
                 continue
-            item = chosen.iloc[col]
+            name, caption = chosen[col]
             try:
-                ax.imshow(_thumbnail(data_dir / str(paths[item["image_name"]]), thumb_size),
-                          cmap="gray", vmin=0, vmax=255)
+                ax.imshow(_thumbnail(data_dir / str(paths[name]), thumb_size), cmap="gray", vmin=0, vmax=255)
             except Exception as exc:  # noqa: BLE001 - show the reason instead of losing the gallery
                 ax.text(0.5, 0.5, f"unreadable:\n{type(exc).__name__}", ha="center", va="center",
                         transform=ax.transAxes, color="firebrick", fontsize="small")
-            ax.set_title(
-                f"{item['image_name']}\nchanged in {item['drift_share']:.0%} "
-                f"({item['n_changed']}/{item['n_combinations']})\n\u2192 {item['most_common_target']}",
-                fontsize="small",
-            )
-    fig.suptitle(with_data_note(
-        f"Most-drifted images per labelled class: share of the {n_runs} successful model \u00d7 algorithm "
-        "runs in which each changed label, and the class it most often moved to",
-        data_note,
-    ))
+            ax.set_title(caption, fontsize="small")
+    fig.suptitle(title)
     return fig

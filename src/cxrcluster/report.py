@@ -1,6 +1,7 @@
 """The one page a researcher opens: ``reports/index.html``.
 
-It links the results table, the drift table, the audit, every figure (shown
+It links the results table, the drift and label-issue tables (with the
+planted-noise check's headline), the audit, every figure (shown
 inline) and the executed notebooks rendered to HTML, and says in its first line
 whether the data is the synthetic demo set. It only links files that exist, so
 it can be rebuilt after any part of the pipeline.
@@ -13,7 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from cxrcluster import atomic, data, results
+import pandas as pd
+
+from cxrcluster import atomic, data, label_issues, results
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -64,6 +67,9 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
     for path, what in [
         (root / "clustering_results.csv", "every model × algorithm: label change after matching, raw change, ARI, NMI, ..."),
         (root / "label_drift.csv", "per image: share of combinations in which it left its label, and where it went"),
+        (root / "label_issues.csv", "per image: drift, cleanlab's verdict and label quality, duplicate conflicts, "
+                                    "combined rank (most suspect first)"),
+        (reports / "label_noise_check.csv", "how well each signal finds planted label errors"),
         (root / "classification_results.csv", "supervised baselines (linear probe)"),
         (reports / "audit" / "summary.csv", "dataset audit per class"),
         (reports / "duplicates.csv", "exact and near-duplicate images, with label conflicts"),
@@ -85,6 +91,19 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
                      "random; p: how often chance does as well. Only runs with status <b>ok</b> are results: "
                      "a <b>degenerate</b> run finished without grouping the images (see why).</p>")
         parts.append(table.to_html(index=False, na_rep="", border=0))
+
+    check_csv = reports / "label_noise_check.csv"
+    if check_csv.is_file():
+        check = pd.read_csv(check_csv)
+        first = float(check["fraction"].min())
+        _, why = label_issues.headline_signal(check, first)
+        parts.append("<h2>Label issues</h2>")
+        parts.append(f"<p>{_link(root / 'label_issues.csv', reports)} ranks every image by "
+                     f"{html.escape(label_issues.COMBINE_RULE)}. Planted-noise check, {first:.0%} of the labels "
+                     f"flipped: {html.escape(why)}. Planted flips are easier to find than real, ambiguous cases.</p>")
+        table = check.pivot(index="signal", columns="fraction", values=["roc_auc", "average_precision",
+                                                                          "precision_at_k"]).round(3)
+        parts.append(table.reindex([s for s in label_issues.SIGNALS if s in table.index]).to_html(border=0))
 
     figures = sorted((reports / "figures").glob("*.png"))
     if figures:
