@@ -7,11 +7,41 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
+
+# Paths with spaces ("My Drive/cxr data"): make splits targets and prerequisites at spaces. When a
+# path variable holds one, this make links that path under .make/aliases/ (a name without spaces,
+# from a hash of the path) and runs the same goals again with the links in its place; the outputs
+# land in the folder asked for, through the link.
+space := $(subst ,, )
+PATH_VARIABLES := OUT DATA_DIR LABELS MASKS_DIR CONFIG WEIGHTS
+SPACED := $(strip $(foreach v,$(PATH_VARIABLES),$(if $(filter-out undefined,$(origin $(v))),$(if \
+    $(findstring $(space),$(value $(v))),$(v)))))
+ifneq ($(SPACED),)
+ifneq ($(origin CXR_ALIASED),undefined)
+$(error a path still holds a space after aliasing: $(SPACED))
+endif
+ALIASES := $(CURDIR)/.make/aliases
+alias_of = $(ALIASES)/$(shell printf '%s' '$(subst ','"'"',$(1))' | md5sum | cut -c1-16)
+GOALS := $(or $(MAKECMDGOALS),help)
+.PHONY: $(GOALS)
+$(firstword $(GOALS)):
+	@mkdir -p "$(ALIASES)"
+	$(if $(filter OUT,$(SPACED)),@mkdir -p "$(OUT)")
+	@$(foreach v,$(SPACED),ln -sfn "$$(realpath -m "$(value $(v))")" "$(call alias_of,$(value $(v)))";) true
+	@$(MAKE) --no-print-directory $(GOALS) CXR_ALIASED=1 $(foreach v,$(SPACED),$(v)=$(call alias_of,$(value $(v))))
+$(filter-out $(firstword $(GOALS)),$(GOALS)):
+	@:
+else
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
 
 # ---- What a researcher overrides on the command line -------------------------------------
 DATA_DIR ?= data/demo#          dataset folder (COVID/ NORMAL/ PNEUMONIA/); default: synthetic demo
+LABELS ?=#                      a labels CSV naming the images of DATA_DIR (instead of class folders)
+IMAGE_COLUMN ?=#                its column of file names or paths (default: path, image_name, ...)
+LABEL_COLUMN ?=#                its column of labels (default: label, class, ...)
+PATIENT_COLUMN ?=#              its column of patient ids (default: patient, patient_id, ...; optional)
+MAX_BAD_FRACTION ?= 0.05#       stop extraction when more than this share of images cannot be read
 MODELS ?= MobileNetV2-0.35#     space-separated backbones, or "all" (see src/cxrcluster/models.py)
 WEIGHTS ?= imagenet#            imagenet | none (random, meaningless features) | path/to/weights.h5
 CONFIG ?= config/clustering.yaml#  algorithms, their parameters, seeds, feature preparation
@@ -89,7 +119,8 @@ help: ## list the targets and the variables to override
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
 	@echo "Variables (make all VAR=value): DATA_DIR=$(DATA_DIR) MODELS=$(MODELS) WEIGHTS=$(WEIGHTS)"
 	@echo "  CONFIG=$(CONFIG) OUT=$(OUT) VARIANT=$(VARIANT) MASKS_DIR=$(MASKS_DIR) BATCH_SIZE=$(BATCH_SIZE)"
-	@echo "  WORKERS=$(WORKERS) ENGINE=$(ENGINE) PRECISION=$(PRECISION)"
+	@echo "  WORKERS=$(WORKERS) ENGINE=$(ENGINE) PRECISION=$(PRECISION) MAX_BAD_FRACTION=$(MAX_BAD_FRACTION)"
+	@echo "  LABELS=$(LABELS) IMAGE_COLUMN=$(IMAGE_COLUMN) LABEL_COLUMN=$(LABEL_COLUMN) PATIENT_COLUMN=$(PATIENT_COLUMN)"
 
 .PHONY: all
 all: report ## run the whole pipeline (creates .venv and the demo data if needed)
@@ -114,7 +145,7 @@ $(DEMO_MARKER): $(SRC_DEMO) | $(VENV_OK)
 FORCE:
 
 $(OUT)/.make/extraction: FORCE
-	$(call stamp,echo "$(WEIGHTS) $(ENGINE) $(PRECISION) $(BATCH_SIZE)"; \
+	$(call stamp,echo "$(WEIGHTS) $(ENGINE) $(PRECISION) $(BATCH_SIZE) $(MAX_BAD_FRACTION)"; \
 	    if [ -f "$(WEIGHTS)" ]; then stat -L -c '%s %Y' "$(WEIGHTS)"; fi)
 
 $(OUT)/.make/models: FORCE
@@ -125,14 +156,18 @@ dataset_stamp = echo "$(abspath $(1))"; find -L "$(1)" -type f -not -name '.*' -
 
 $(OUT)/.make/dataset: FORCE $(DATA_PREREQ)
 	@test -d "$(DATA_DIR)" || { echo "DATA_DIR=$(DATA_DIR) is not a folder" >&2; exit 1; }
-	$(call stamp,$(call dataset_stamp,$(DATA_DIR)))
+	$(if $(LABELS),@test -f "$(LABELS)" || { echo "LABELS=$(LABELS) is not a file" >&2; exit 1; })
+	$(call stamp,$(call dataset_stamp,$(DATA_DIR)); \
+	    echo "labels: $(LABELS) $(IMAGE_COLUMN) $(LABEL_COLUMN) $(PATIENT_COLUMN)"$(if $(LABELS),; cat "$(LABELS)"))
 
 $(OUT)/.make/masks: FORCE
 	$(call stamp,echo "masks: $(MASKS_DIR)"$(if $(MASKS_DIR),; $(call dataset_stamp,$(MASKS_DIR))))
 
 # -- 07: the lung-masked copy of the data (read by the masked variant) --
-$(MASKS_CSV): notebooks/07-mask-lungs.ipynb $(OUT)/.make/dataset $(OUT)/.make/masks $(SRC_MASK) | $(VENV_OK)
+$(MASKS_CSV): notebooks/07-mask-lungs.ipynb $(OUT)/original_labels.csv $(OUT)/.make/dataset $(OUT)/.make/masks \
+    $(SRC_MASK) | $(VENV_OK)
 	$(call papermill,07-mask-lungs,07-mask-lungs,-r data_dir $(DATA_DIR) -r masked_dir $(MASKED_DATA) \
+	    -r original_labels_csv $(OUT)/original_labels.csv \
 	    -r masks_dir "$(MASKS_DIR)" -r masks_csv $(MASKS_CSV) -r figures_dir $(OUT)/masked/reports/figures,$(OUT)/masked)
 
 $(OUT)/masked/.make/dataset: FORCE $(MASKS_CSV)
@@ -148,7 +183,9 @@ label_csvs = $(if $(wildcard $(1)/results/$(2).label_csvs.txt),\
 define variant_rules
 $(1)/original_labels.csv $(1)/reports/dataset.json &: notebooks/00-prepare-data.ipynb $(3) $(SRC_PREPARE) | $(VENV_OK)
 	$$(call papermill,00-prepare-data,00-prepare-data,-r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv \
-	    -r dataset_json $(1)/reports/dataset.json -p make_demo_if_missing False,$(1))
+	    -r dataset_json $(1)/reports/dataset.json -p make_demo_if_missing False \
+	    -r labels_csv "$(LABELS)" -r image_column "$(IMAGE_COLUMN)" -r label_column "$(LABEL_COLUMN)" \
+	    -r patient_column "$(PATIENT_COLUMN)",$(1))
 
 # 01: the dataset audit, ahead of extraction
 $(1)/reports/audit/confound.json $(1)/reports/duplicates.csv &: notebooks/01-audit-data.ipynb \
@@ -213,7 +250,8 @@ $(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels
     $(SRC_EXTRACT) | $(VENV_OK) $(1)/reports/audit/confound.json
 	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(4) -r weights $(WEIGHTS) \
 	    -r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
-	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS) -r engine $(ENGINE) -r precision $(PRECISION),$(1))
+	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS) -r engine $(ENGINE) -r precision $(PRECISION) \
+	    -p max_bad_fraction $(MAX_BAD_FRACTION),$(1))
 
 $(1)/results/$(4).csv $(1)/results/$(4).label_csvs.txt $(call label_csvs,$(1),$(4)) &: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
     $(SRC_CLUSTER) | $(VENV_OK)
@@ -282,3 +320,5 @@ clean: ## delete every output of the pipeline under OUT (keeps .venv and the dem
 .PHONY: distclean
 distclean: clean ## also delete .venv and the generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)
+
+endif  # paths with spaces

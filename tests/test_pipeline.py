@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import KERAS_HOME, SAMPLE_DIR, needs_sample, needs_weights
 
-from cxrcluster import metrics
+from cxrcluster import demo, metrics
 from cxrcluster.paths import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow]
@@ -99,27 +99,42 @@ def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
 
 
 def test_make_all_on_demo_data_with_random_weights_then_the_masked_variant(tmp_path):
-    """Needs nothing from outside: the demo data, WEIGHTS=none; then VARIANT=masked reuses the full run."""
-    out, weights = f"OUT={tmp_path}", "WEIGHTS=none"
-    make("all", out, weights)
+    """Needs nothing from outside: the demo data, WEIGHTS=none; then VARIANT=masked reuses the full run.
+
+    The data folder and the output folder both hold a space and an accented letter, as on a laptop.
+    """
+    data_dir = demo.write_demo_dataset(tmp_path / "dé mo data")
+    # the images named by a labels file, with patients, rather than found by folder
+    named = [p.relative_to(data_dir).as_posix() for p in sorted(data_dir.rglob("*.png"))]
+    labels_csv = tmp_path / "mes étiquettes.csv"
+    pd.DataFrame({"file": named, "diagnosis": [p.split("/")[0].lower() for p in named],
+                  "patient_id": [f"p{i}" for i in range(len(named))]}).to_csv(labels_csv, index=False)
+    tmp_path = tmp_path / "résultats du run"
+    run = (f"OUT={tmp_path}", "WEIGHTS=none", f"DATA_DIR={data_dir}", f"LABELS={labels_csv}",
+           "MAX_BAD_FRACTION=0.1")
+    make("all", *run)
     results = pd.read_csv(tmp_path / "clustering_results.csv")
     labels = pd.read_csv(tmp_path / "original_labels.csv")
     assert len(labels) == 150 and results["model"].unique().tolist() == ["MobileNetV2-0.35"]
+    assert list(labels.columns) == ["image_name", "label", "path", "patient"]
+    assert sorted(labels["label"].unique()) == ["COVID", "NORMAL", "PNEUMONIA"]
+    assert pd.read_csv(tmp_path / "classification_results.csv")["grouped_by_patient"].all()
     listed = (tmp_path / "results" / "MobileNetV2-0.35.label_csvs.txt").read_text().split()
     finished = results["status"].str.match(r"^(ok|degenerate: )")  # both keep their labels
     assert sorted(listed) == sorted(f"MobileNetV2-0.35_{a}.csv" for a in results.loc[finished, "clustering"])
     assert sorted(p.name for p in (tmp_path / "clustering_labels").glob("*.csv")) == sorted(listed)
-    assert json.loads((tmp_path / "features" / "MobileNetV2-0.35.json").read_text())["trained"] is False
+    sidecar = json.loads((tmp_path / "features" / "MobileNetV2-0.35.json").read_text())
+    assert sidecar["trained"] is False and sidecar["max_bad_fraction"] == 0.1
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "SYNTHETIC" in index and "label_drift.csv" in index
-    assert "papermill" not in make("all", out, weights).stdout
+    assert "papermill" not in make("all", *run).stdout
     # a deleted label CSV is a missing product of the clustering rule: make clusters again
     (tmp_path / "clustering_labels" / listed[0]).unlink()
-    again = make("all", out, weights).stdout
+    again = make("all", *run).stdout
     assert "03-cluster" in again and "02-extract" not in again
     assert (tmp_path / "clustering_labels" / listed[0]).is_file()
 
-    make("all", out, weights, "VARIANT=masked")
+    make("all", *run, "VARIANT=masked")
     masks = pd.read_csv(tmp_path / "masked" / "reports" / "masks.csv")
     full_labels = pd.read_csv(tmp_path / "original_labels.csv")
     masked_labels = pd.read_csv(tmp_path / "masked" / "original_labels.csv")
@@ -136,5 +151,5 @@ def test_make_all_on_demo_data_with_random_weights_then_the_masked_variant(tmp_p
     assert (tmp_path / "masked" / "reports" / "figures" / "mask_qa.png").is_file()
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "variants_comparison.png" in index and "SYNTHETIC" in index
-    again = make("all", out, weights, "VARIANT=masked")
+    again = make("all", *run, "VARIANT=masked")
     assert "papermill" not in again.stdout

@@ -37,7 +37,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.tree import DecisionTreeClassifier
 
+from cxrcluster.data import is_dicom
 from cxrcluster.figures import class_colours, with_data_note
+from cxrcluster.images import read_luminance
 
 #: Columns of the frame returned by :func:`image_metadata`.
 METADATA_COLUMNS = [
@@ -50,6 +52,8 @@ METADATA_COLUMNS = [
     "width",
     "height",
     "file_size",
+    "manufacturer",
+    "view_position",
     "error",
 ]
 
@@ -58,7 +62,7 @@ DUPLICATE_COLUMNS = ["image_a", "image_b", "label_a", "label_b", "kind", "distan
 
 #: Metadata the confound check learns from; the first three are numeric, the rest one-hot encoded.
 CONFOUND_NUMERIC = ["width", "height", "file_size"]
-CONFOUND_CATEGORICAL = ["format", "mode", "bit_depth"]
+CONFOUND_CATEGORICAL = ["format", "mode", "bit_depth", "manufacturer", "view_position"]
 
 #: The confound rule: cross-validated accuracy at least this far above the majority-class
 #: baseline (or balanced accuracy this far above 1 / number of classes) ...
@@ -95,8 +99,38 @@ def _mode_bit_depth(image: Image.Image) -> int:
     return int(typestr[-1]) * 8 * bands
 
 
+DICOM_COLUMNS = ("manufacturer", "view_position")
+"""Metadata columns only DICOM fills; a metadata frame written before they existed gets them empty."""
+
+
+def _with_dicom_columns(meta: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in DICOM_COLUMNS if c not in meta.columns]
+    return meta.assign(**dict.fromkeys(missing, "")) if missing else meta
+
+
+def _read_dicom_header(path: Path, info: dict, decode: bool) -> dict:
+    """DICOM: photometric interpretation as the mode, bits stored as the depth, and the source's tags."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not decode)
+        info["format"] = "DICOM"
+        info["mode"] = str(ds.get("PhotometricInterpretation", ""))
+        bits, samples = ds.get("BitsStored"), int(ds.get("SamplesPerPixel", 1) or 1)
+        info["bit_depth"] = int(bits) * samples if bits is not None else pd.NA
+        info["width"], info["height"] = ds.get("Columns", pd.NA), ds.get("Rows", pd.NA)
+        info["manufacturer"] = str(ds.get("Manufacturer", "")).strip()
+        info["view_position"] = str(ds.get("ViewPosition", "")).strip()
+        if decode:
+            read_luminance(path)
+    except Exception as exc:  # noqa: BLE001 - an audit records every failure
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
 def _read_header(path: Path, decode: bool) -> dict:
-    info = {"format": "", "mode": "", "bit_depth": pd.NA, "width": pd.NA, "height": pd.NA, "error": ""}
+    info = {"format": "", "mode": "", "bit_depth": pd.NA, "width": pd.NA, "height": pd.NA, "manufacturer": "",
+            "view_position": "", "error": ""}
     try:
         info["file_size"] = path.stat().st_size
     except FileNotFoundError:
@@ -107,6 +141,8 @@ def _read_header(path: Path, decode: bool) -> dict:
         info["file_size"] = pd.NA
         info["error"] = f"cannot stat file: {exc}"
         return info
+    if is_dicom(path):
+        return _read_dicom_header(path, info, decode)
     # PIL signals a bad file with many exception types (UnidentifiedImageError, OSError,
     # SyntaxError, ValueError, DecompressionBombError, ...): an audit records them all.
     try:
@@ -146,7 +182,11 @@ def image_metadata(labels_df: pd.DataFrame, data_dir: str | os.PathLike, decode:
     pandas.DataFrame
         One row per image, in the order of ``labels_df``, with columns
         ``image_name, label, path, format, mode, bit_depth, width, height,
-        file_size, error``. ``bit_depth`` is bits per *pixel* (bits per sample
+        file_size, manufacturer, view_position, error``. For DICOM, ``format``
+        is ``DICOM``, ``mode`` the photometric interpretation, ``bit_depth``
+        the bits stored, and ``manufacturer`` and ``view_position`` come from
+        the header (empty for other formats): they reveal a source as the file
+        metadata does. ``bit_depth`` is bits per *pixel* (bits per sample
         times samples per pixel: 8 for 8-bit greyscale, 24 for 8-bit RGB), so
         a greyscale and a colour source differ in it. ``file_size`` is in
         bytes. ``error`` is the empty string for a readable image.
@@ -182,11 +222,13 @@ def audit_summary(meta: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per class (sorted by label) with columns ``label, count,
-        n_unreadable, formats, bit_depths, modes`` (each a ``value: count``
+        n_unreadable, formats, bit_depths, modes, manufacturers,
+        view_positions`` (each a ``value: count``
         list, most frequent first) and ``width_*``, ``height_*`` (pixels) and
         ``file_size_*`` (bytes), each with suffixes ``median, min, max``,
         computed over the readable images.
     """
+    meta = _with_dicom_columns(meta)
     _require_columns(meta, METADATA_COLUMNS, "meta")
     rows = []
     for label, group in meta.groupby("label", sort=True):
@@ -198,6 +240,8 @@ def audit_summary(meta: pd.DataFrame) -> pd.DataFrame:
             "formats": _composition(ok["format"]),
             "bit_depths": _composition(ok["bit_depth"]),
             "modes": _composition(ok["mode"]),
+            "manufacturers": _composition(ok["manufacturer"].replace("", "(none)")),
+            "view_positions": _composition(ok["view_position"].replace("", "(none)")),
         }
         for column in ("width", "height", "file_size"):
             values = ok[column].astype("float64")
@@ -259,6 +303,7 @@ def metadata_confound(meta: pd.DataFrame, seed: int = 0, n_splits: int = 5, max_
         there are too few images to cross-validate, the scores are ``None``,
         ``confounded`` is False and the message says so.
     """
+    meta = _with_dicom_columns(meta)
     _require_columns(meta, METADATA_COLUMNS, "meta")
     ok = meta[meta["error"].fillna("") == ""].reset_index(drop=True)
     y = ok["label"].astype(str).to_numpy()
@@ -372,6 +417,10 @@ def _confound_message(r: dict) -> str:
 def _file_hashes(path: Path, hash_size: int) -> tuple[str, np.ndarray]:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
+    if is_dicom(path):
+        image = Image.fromarray(np.round(read_luminance(path)).astype(np.uint8))
+        bits = imagehash.phash(image, hash_size=hash_size).hash.ravel()
+        return digest, np.packbits(bits)
     with Image.open(io.BytesIO(data)) as image:
         bits = imagehash.phash(image, hash_size=hash_size).hash.ravel()
     return digest, np.packbits(bits)
@@ -520,6 +569,7 @@ def plot_audit(meta: pd.DataFrame, data_note: str = "") -> Figure:
         per class (box plot, log scale); share of each format / bit depth per
         class (stacked bars).
     """
+    meta = _with_dicom_columns(meta)
     _require_columns(meta, METADATA_COLUMNS, "meta")
     ok = meta[meta["error"].fillna("") == ""]
     classes = sorted(ok["label"].astype(str).unique())

@@ -1,10 +1,16 @@
-"""The dataset: one folder per class, scanned into ``original_labels.csv``.
+"""The dataset: a folder per class, or a labels file, turned into ``original_labels.csv``.
 
-The layout is the Kaggle chest X-ray dataset's: ``<root>/COVID/*.png``,
-``<root>/NORMAL/*.jpeg``, ``<root>/PNEUMONIA/...``, optionally one level deeper
-(``<root>/train/COVID/...``, ``<root>/test/COVID/...``). The class of an image
-is the name of the folder that holds it, with common spellings folded into one
-class name (``COVID19``, ``COVID-19`` and ``covid`` are all ``COVID``).
+Two layouts are read. A folder per class (:func:`scan_dataset`), the Kaggle
+chest X-ray dataset's: ``<root>/COVID/*.png``, ``<root>/NORMAL/*.jpeg``,
+``<root>/PNEUMONIA/...``, optionally one level deeper (``<root>/train/COVID/...``);
+the class of an image is the name of its folder. Or a labels file naming the
+images (:func:`read_labels_file`): the original study's ``image_name,label``,
+or a public collection's CSV of paths, labels and patient ids. Either way,
+common spellings fold into one class name (``COVID19``, ``COVID-19`` and
+``covid`` are all ``COVID``), and a data set with fewer than two classes, or a
+class of one image, is refused before any work (:func:`check_classes`).
+Symbolic links in the data folder (data stores such as DVC, git-annex or
+datalad keep files in a cache elsewhere) are followed wherever they point.
 
 This module owns the two files that describe the data to every later step:
 ``original_labels.csv`` (:func:`read_labels`) and ``reports/dataset.json``
@@ -26,8 +32,9 @@ import pandas as pd
 
 from cxrcluster import atomic, demo
 
-#: File endings read as images (compared case-insensitively).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: File endings read as images (compared case-insensitively). DICOM files without an
+#: ending are recognised by their preamble (:func:`is_dicom`).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
 #: Folder-name spellings (lower case, letters and digits only) -> class name.
 CLASS_ALIASES = {
@@ -71,8 +78,55 @@ def canonical_class(folder_name: str) -> str:
     return CLASS_ALIASES.get(key, folder_name.strip().upper())
 
 
+def is_dicom(path: str | os.PathLike) -> bool:
+    """Whether a file is DICOM: ``DICM`` after its 128-byte preamble, whatever its name.
+
+    A file named ``.dcm`` without it is read like any other image (the masked
+    copy of a DICOM file is a PNG under the same name), and refused with a
+    reason when it is not one.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or (path.suffix == "" and is_dicom(path))
+
+
+def check_classes(labels: pd.DataFrame, source: str, min_images: int = 2) -> None:
+    """Refuse a data set that cannot be studied: fewer than two classes, or a class below ``min_images``.
+
+    Parameters
+    ----------
+    labels : pandas.DataFrame
+        With a ``label`` column.
+    source : str
+        Where the labels came from, for the message.
+    min_images : int, default 2
+        Fewest images a class may have (a label seen once in a labels file is
+        more likely a typo than a class).
+
+    Raises
+    ------
+    DatasetError
+        Naming every class found and its count.
+    """
+    counts = labels["label"].value_counts().sort_index()
+    found = ", ".join(f"{c}: {n}" for c, n in counts.items()) or "none"
+    if len(counts) < 2:
+        raise DatasetError(f"{source}: the study needs at least two classes; found {found}. "
+                           "Is a class folder empty, or the label column the wrong one?")
+    small = counts[counts < min_images]
+    if len(small):
+        raise DatasetError(f"{source}: class(es) seen in fewer than {min_images} images: "
+                           + ", ".join(f"{c}: {n}" for c, n in small.items()) + f" (all classes: {found})")
 
 
 def scan_dataset(data_dir: str | os.PathLike) -> pd.DataFrame:
@@ -101,8 +155,13 @@ def scan_dataset(data_dir: str | os.PathLike) -> pd.DataFrame:
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"data folder {str(root)!r} does not exist or is not a folder")
-    rows, misplaced = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
+    rows, misplaced, seen = [], [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a linked folder met twice (a link cycle): once is enough
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -124,7 +183,154 @@ def scan_dataset(data_dir: str | os.PathLike) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     names = df["path"].map(lambda p: PurePosixPath(p).name)
     df.insert(0, "image_name", names if names.is_unique else df["path"])
+    check_classes(df, f"data folder {str(root)!r}", min_images=1)
     return df.sort_values(["label", "path"], kind="stable").reset_index(drop=True)[LABEL_COLUMNS]
+
+
+#: Column names recognised in a labels file, in order of preference (compared case-insensitively).
+FILE_COLUMNS = ("path", "image_name", "image", "file", "filename", "image_path", "image index")
+LABEL_COLUMN_NAMES = ("label", "class", "finding labels", "finding", "diagnosis")
+PATIENT_COLUMN_NAMES = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
+
+
+def read_labels_file(
+    labels_csv: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    patient_column: str | None = None,
+) -> pd.DataFrame:
+    """Read a labels file that names the images of ``data_dir``, as ``original_labels.csv`` rows.
+
+    The original study's two-column ``image_name,label`` (images in one
+    folder), or a collection's CSV of file names or relative paths with labels
+    and, optionally, patient ids.
+
+    Parameters
+    ----------
+    labels_csv : path-like
+        The labels file.
+    data_dir : path-like
+        The folder the file names or paths are relative to.
+    image_column, label_column, patient_column : str, optional
+        The columns to use; by default the first of :data:`FILE_COLUMNS`,
+        :data:`LABEL_COLUMN_NAMES` and :data:`PATIENT_COLUMN_NAMES` present
+        (no patient column is fine).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``image_name, label, path`` (and ``patient`` when given),
+        sorted by label then path like :func:`scan_dataset`: ``image_name``
+        is the file name when unique, else the path; labels are folded by
+        :func:`canonical_class`.
+
+    Raises
+    ------
+    DatasetError
+        Before any work, naming the rows: a missing column, empty file names or
+        labels, a file named twice, a path that is absolute or leaves the data
+        folder, a file that does not exist or is empty; and a data set
+        :func:`check_classes` refuses.
+    """
+    labels_csv, root = Path(labels_csv), Path(data_dir)
+    if not labels_csv.is_file():
+        raise DatasetError(f"labels file {str(labels_csv)!r} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"data folder {str(root)!r} does not exist or is not a folder")
+    df = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    source = f"labels file {str(labels_csv)!r}"
+    image_col = _column(df, image_column, FILE_COLUMNS, "image", source)
+    label_col = _column(df, label_column, LABEL_COLUMN_NAMES, "label", source)
+    patient_col = _column(df, patient_column, PATIENT_COLUMN_NAMES, "patient", source, required=False)
+    if df.empty:
+        raise DatasetError(f"{source}: no rows")
+    files = df[image_col].str.strip().str.replace("\\", "/", regex=False)
+    labels = df[label_col].str.strip()
+    line = pd.Series(df.index + 2, index=df.index)  # the file's line numbers, header being line 1
+    problems = []
+    empty = (files == "") | (labels == "")
+    if empty.any():
+        problems.append(f"empty {image_col!r} or {label_col!r} on line(s) {_lines(line[empty])}")
+    twice = files.duplicated(keep=False) & ~empty
+    if twice.any():
+        problems.append(f"file(s) named more than once: {_shown(files[twice].unique())}")
+    bad_paths, missing, empty_files = [], [], []
+    for i in df.index[~empty]:
+        p = PurePosixPath(files[i])
+        if p.is_absolute() or ".." in p.parts:
+            bad_paths.append(f"{files[i]} (line {line[i]})")
+            continue
+        full = root / p
+        if not full.is_file():
+            missing.append(f"{files[i]} (line {line[i]})")
+        elif full.stat().st_size == 0:
+            empty_files.append(f"{files[i]} (line {line[i]})")
+    for found, what in ((bad_paths, "path(s) outside the data folder"), (missing, "file(s) missing"),
+                        (empty_files, "empty file(s)")):
+        if found:
+            problems.append(f"{len(found)} {what}: {_shown(found)}")
+    if problems:
+        raise DatasetError(f"{source} (data folder {str(root)!r}) cannot be used: " + "; ".join(problems))
+    out = pd.DataFrame({"label": labels.map(canonical_class), "path": files.map(lambda f: PurePosixPath(f).as_posix())})
+    names = out["path"].map(lambda p: PurePosixPath(p).name)
+    out.insert(0, "image_name", names if names.is_unique else out["path"])
+    if patient_col is not None:
+        out["patient"] = df[patient_col].str.strip()
+        if (out["patient"] == "").any():
+            raise DatasetError(f"{source}: empty {patient_col!r} on line(s) {_lines(line[out['patient'] == ''])}")
+    check_classes(out, source)
+    return out.sort_values(["label", "path"], kind="stable").reset_index(drop=True)
+
+
+def with_dicom_patients(labels: pd.DataFrame, data_dir: str | os.PathLike) -> pd.DataFrame:
+    """Add a ``patient`` column from the DICOM headers, when nothing else says who is who.
+
+    Only when ``labels`` has no patient column and every image is DICOM with a
+    non-empty ``PatientID``: grouping part of the images by patient would let
+    the others leak across folds.
+    """
+    if any(c.strip().lower() in PATIENT_COLUMN_NAMES for c in labels.columns):
+        return labels
+    paths = [Path(data_dir) / p for p in labels["path"]]
+    if not paths or not all(is_dicom(p) for p in paths):
+        return labels
+    import pydicom
+
+    ids = []
+    for path in paths:
+        try:
+            patient = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+                          .get("PatientID", "")).strip()
+        except Exception:  # noqa: BLE001 - an unreadable header: extraction will report the file
+            return labels
+        if not patient:
+            return labels
+        ids.append(patient)
+    return labels.assign(patient=ids)
+
+
+def _column(df: pd.DataFrame, wanted: str | None, candidates, what: str, source: str, required: bool = True):
+    if wanted:
+        if wanted not in df.columns:
+            raise DatasetError(f"{source}: no column {wanted!r}; columns are {list(df.columns)}")
+        return wanted
+    lower = {c.strip().lower(): c for c in df.columns}
+    found = next((lower[c] for c in candidates if c in lower), None)
+    if found is None and required:
+        raise DatasetError(f"{source}: no {what} column (one of {list(candidates)}); columns are {list(df.columns)}. "
+                           f"Name it with the {what}_column option")
+    return found
+
+
+def _shown(items, limit: int = 5) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:limit])) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _lines(lines: pd.Series) -> str:
+    return _shown(lines.tolist())
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
@@ -184,12 +390,14 @@ def resolve_image_paths(labels: pd.DataFrame, data_dir: str | os.PathLike) -> li
         Naming the rows whose path is absolute or escapes ``data_dir`` (``..``),
         and the rows whose file does not exist.
     """
-    root = Path(data_dir).resolve()
+    root = Path(os.path.abspath(data_dir))
     out, escaping, missing = [], [], []
     for name, rel in zip(labels["image_name"], labels["path"], strict=True):
         p = PurePosixPath(str(rel).replace("\\", "/"))
-        full = (root / p).resolve()
-        if p.is_absolute() or ".." in p.parts or not full.is_relative_to(root):
+        # the escape check reads the path as written; a symbolic link inside the folder is
+        # followed wherever it points (data stores keep their files in a cache elsewhere)
+        full = root / p
+        if p.is_absolute() or ".." in p.parts:
             escaping.append(f"{name} ({rel})")
         elif not full.is_file():
             missing.append(f"{name} ({rel})")
@@ -230,13 +438,15 @@ def describe_dataset(labels: pd.DataFrame, data_dir: str | os.PathLike) -> dict:
     Returns
     -------
     dict
-        ``data_dir`` (str), ``synthetic`` (bool: the demo data's marker file is
+        ``data_dir`` (str; where it leads when it is a link, such as make's
+        link for a path with spaces, so that reports name the folder itself),
+        ``synthetic`` (bool: the demo data's marker file is
         there), ``n_images``, ``classes`` (class -> image count, sorted by
         class) and ``labels_sha256`` (:func:`labels_fingerprint`).
     """
     counts = labels["label"].value_counts().sort_index()
     return {
-        "data_dir": str(data_dir),
+        "data_dir": str(Path(data_dir).resolve()) if Path(data_dir).is_symlink() else str(data_dir),
         "synthetic": demo.is_synthetic(data_dir),
         "n_images": len(labels),
         "classes": {str(k): int(v) for k, v in counts.items()},

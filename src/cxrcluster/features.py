@@ -188,7 +188,8 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         "preprocessing": {
             "function": f"keras.applications.{backbone.family}.preprocess_input",
             "description": models.PREPROCESSING[backbone.preprocessing],
-            "image_input": "luminance 0-255 (16-bit rescaled by image range, alpha on black), "
+            "image_input": "luminance 0-255 (16-bit rescaled by image range, alpha on black; DICOM through its "
+                           "modality and VOI LUTs, MONOCHROME1 inverted), "
                            "bilinear resize of the whole image (aspect not kept), repeated to 3 channels",
         },
         "pooling": "global average",
@@ -202,6 +203,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         "image_count": len(paths),
         "images_ok": len(paths) - len(bad),
         "bad_images": bad,
+        "max_bad_fraction": max_bad_fraction,
         "bad_rows": "NaN",
         "image_names": names,
         "seconds_total": round(time.perf_counter() - started, 3),

@@ -2,7 +2,8 @@
 
 How an image becomes a network input (the same for every file and model):
 
-1. The file is opened with Pillow; an empty, truncated or undecodable file,
+1. The file is opened with Pillow, or with pydicom when it is DICOM
+   (:func:`read_dicom`); an empty, truncated or undecodable file,
    a non-image with an image extension, or an image of more than
    ``max_pixels`` pixels (a decompression bomb) raises :class:`ImageReadError`
    with a reason, before any large allocation.
@@ -36,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from cxrcluster.data import is_dicom
+
 #: Default ceiling on width x height; the largest real radiographs are about
 #: 4,300 x 4,300 (18 megapixels).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -59,7 +62,7 @@ def read_luminance(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
     Parameters
     ----------
     path : path-like
-        PNG, JPEG, BMP or TIFF file.
+        PNG, JPEG, BMP, TIFF or DICOM file (:func:`read_dicom`).
     max_pixels : int
         Refuse images with more pixels than this (decompression bombs).
 
@@ -80,6 +83,8 @@ def read_luminance(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
             raise ImageReadError(path, "empty file (0 bytes)")
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
+    if is_dicom(path):
+        return read_dicom(path, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -94,11 +99,68 @@ def read_luminance(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
     except ImageReadError:
         raise
     except UnidentifiedImageError:
+        if path.suffix.lower() in (".dcm", ".dicom"):
+            raise ImageReadError(path, "named DICOM but without the DICOM preamble ('DICM' at byte 128), and "
+                                       "not another image format") from None
         raise ImageReadError(path, "not a recognised image (undecodable or not an image file)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(path, f"too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(path, f"truncated or corrupt: {exc}") from None
+
+
+def read_dicom(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a DICOM radiograph as one float32 luminance channel in 0-255, bone bright.
+
+    With pydicom: the modality LUT (rescale slope and intercept), then the
+    VOI LUT or the window centre and width when the file has them, then the
+    result's own minimum-maximum range scaled to 0-255. ``MONOCHROME1``
+    (low values bright) is inverted so that bone is bright as in
+    ``MONOCHROME2``. Compressed transfer syntaxes are decoded where pydicom
+    or an installed plugin can (RLE and deflate always; JPEG needs a plugin
+    this project does not pin).
+
+    Raises
+    ------
+    ImageReadError
+        A file pydicom cannot parse, without pixel data, multi-frame, colour,
+        too large, or whose pixel data cannot be decoded (the transfer syntax
+        named).
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for a bad file
+        raise ImageReadError(path, f"not a readable DICOM file: {type(exc).__name__}: {exc}") from None
+    if "PixelData" not in ds:
+        raise ImageReadError(path, "DICOM file without pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(path, f"multi-frame DICOM ({frames} frames): one radiograph per file is expected")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageReadError(path, f"colour DICOM ({photometric or 'no photometric interpretation'}, {samples} "
+                                   "samples per pixel): a radiograph is monochrome")
+    rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows * columns > max_pixels:
+        raise ImageReadError(path, f"too large: {columns}x{rows} = {rows * columns:,} pixels > {max_pixels:,}")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - a missing decoder, or corrupt pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise ImageReadError(path, f"pixel data cannot be decoded (transfer syntax {name}): "
+                                   f"{' '.join(str(exc).split())[:300]}") from None
+    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        scaled = 255.0 - scaled
+    return scaled.astype(np.float32)
 
 
 def _to_luminance(im: Image.Image) -> np.ndarray:
