@@ -50,6 +50,7 @@ BATCH_SIZE ?= 32
 WORKERS ?= 2
 ENGINE ?= openvino#             forward pass of extraction: openvino | tensorflow (the reference); see make bench
 PRECISION ?= fp32#              fp32 | bf16 (CPUs with bf16 instructions; not safe for every backbone)
+SCHEDULER ?=#                   where extraction and clustering run: empty (here), local:N, tcp://host:8786 (Dask)
 PYTHON ?= python3#              interpreter that creates the virtual environment
 PYTEST_ARGS ?=
 
@@ -120,6 +121,7 @@ help: ## list the targets and the variables to override
 	@echo "Variables (make all VAR=value): DATA_DIR=$(DATA_DIR) MODELS=$(MODELS) WEIGHTS=$(WEIGHTS)"
 	@echo "  CONFIG=$(CONFIG) OUT=$(OUT) VARIANT=$(VARIANT) MASKS_DIR=$(MASKS_DIR) BATCH_SIZE=$(BATCH_SIZE)"
 	@echo "  WORKERS=$(WORKERS) ENGINE=$(ENGINE) PRECISION=$(PRECISION) MAX_BAD_FRACTION=$(MAX_BAD_FRACTION)"
+	@echo "  SCHEDULER=$(SCHEDULER) (empty: this process; local:N; tcp://host:8786; or DASK_SCHEDULER_ADDRESS)"
 	@echo "  LABELS=$(LABELS) IMAGE_COLUMN=$(IMAGE_COLUMN) LABEL_COLUMN=$(LABEL_COLUMN) PATIENT_COLUMN=$(PATIENT_COLUMN)"
 
 .PHONY: all
@@ -251,13 +253,13 @@ $(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels
 	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(4) -r weights $(WEIGHTS) \
 	    -r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
 	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS) -r engine $(ENGINE) -r precision $(PRECISION) \
-	    -p max_bad_fraction $(MAX_BAD_FRACTION),$(1))
+	    -p max_bad_fraction $(MAX_BAD_FRACTION) -r scheduler "$(SCHEDULER)",$(1))
 
 $(1)/results/$(4).csv $(1)/results/$(4).label_csvs.txt $(call label_csvs,$(1),$(4)) &: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
     $(SRC_CLUSTER) | $(VENV_OK)
 	$$(call papermill,03-cluster,03-cluster-$(4),-r model $(4) -r original_labels_csv $(1)/original_labels.csv \
 	    -r features_dir $(1)/features -r config $(CONFIG) -r clustering_labels_dir $(1)/clustering_labels \
-	    -r results_dir $(1)/results,$(1))
+	    -r results_dir $(1)/results -r scheduler "$(SCHEDULER)",$(1))
 
 endef
 

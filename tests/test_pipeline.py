@@ -30,7 +30,7 @@ def make(*args, check=True):
 @needs_weights
 def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
     out = f"OUT={tmp_path}"
-    make("all", out)  # synthetic demo data, the default
+    make("cluster", out)  # synthetic demo data, the default, up to the clustering
     demo_rows = len(pd.read_csv(tmp_path / "original_labels.csv"))
 
     make("all", out, f"DATA_DIR={SAMPLE_DIR}")  # new data: everything re-runs, nothing stale survives
@@ -128,11 +128,6 @@ def test_make_all_on_demo_data_with_random_weights_then_the_masked_variant(tmp_p
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "SYNTHETIC" in index and "label_drift.csv" in index
     assert "papermill" not in make("all", *run).stdout
-    # a deleted label CSV is a missing product of the clustering rule: make clusters again
-    (tmp_path / "clustering_labels" / listed[0]).unlink()
-    again = make("all", *run).stdout
-    assert "03-cluster" in again and "02-extract" not in again
-    assert (tmp_path / "clustering_labels" / listed[0]).is_file()
 
     make("all", *run, "VARIANT=masked")
     masks = pd.read_csv(tmp_path / "masked" / "reports" / "masks.csv")
@@ -153,3 +148,8 @@ def test_make_all_on_demo_data_with_random_weights_then_the_masked_variant(tmp_p
     assert "variants_comparison.png" in index and "SYNTHETIC" in index
     again = make("all", *run, "VARIANT=masked")
     assert "papermill" not in again.stdout
+    # a deleted label CSV is a missing product of the clustering rule: make clusters again
+    (tmp_path / "clustering_labels" / listed[0]).unlink()
+    again = make("cluster", *run).stdout
+    assert "03-cluster" in again and "02-extract" not in again
+    assert (tmp_path / "clustering_labels" / listed[0]).is_file()

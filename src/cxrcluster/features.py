@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster import atomic, data, engines, images, models
+from cxrcluster import atomic, data, engines, executor, images, models
 
 #: Version of the layout of the ``.npy`` and its sidecar.
 FORMAT_VERSION = 1
@@ -91,10 +92,16 @@ def iter_batches(paths: Sequence[Path], size: int, batch_size: int, workers: int
             yield batch, errors
 
 
+#: Batches per extraction task on a Dask cluster: 8 batches of 32 are 256 images, a few seconds
+#: of work for small backbones, so a killed worker loses little and the shards spread evenly.
+SHARD_BATCHES = 8
+
 def extract_features(paths: Sequence[Path], model_name: str, weights: str = "imagenet", *,
                      image_names: Sequence[str] | None = None, batch_size: int = 32, workers: int = 2,
                      max_bad_fraction: float = 0.05, seed: int = 0, progress: bool = True,
-                     engine: str = "tensorflow", precision: str = "fp32") -> tuple[np.ndarray, dict]:
+                     engine: str = "tensorflow", precision: str = "fp32",
+                     cluster: executor.Cluster | None = None, shard_batches: int = SHARD_BATCHES
+                     ) -> tuple[np.ndarray, dict]:
     """Run every image through a backbone and return its pooled features.
 
     Parameters
@@ -112,7 +119,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         Images per forward pass. The last batch is padded to this size so
         every pass has one shape (one compiled graph, identical numerics).
     workers : int
-        Image decoding threads.
+        Image decoding threads (on each Dask worker too).
     max_bad_fraction : float
         Stop with :class:`BadInputError` when more than this fraction of
         images cannot be read. Below it, bad images are reported, not fatal.
@@ -129,6 +136,16 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         Arithmetic of the forward pass; bf16 only on CPUs with bf16
         instructions (:class:`cxrcluster.engines.EngineUnavailableError`
         otherwise). Both are recorded in the provenance.
+    cluster : cxrcluster.executor.Cluster, optional
+        Run on a Dask cluster (:func:`cxrcluster.executor.connect`) rather
+        than in this process: the images are split into shards of
+        ``shard_batches`` whole batches, each a task; a worker builds the
+        model once and reuses it for every shard it gets
+        (:func:`extract_shard`). The shards' batches are this process's
+        batches, so the features are the same as in this process on the same
+        CPU; the sidecar records which worker computed which rows.
+    shard_batches : int
+        Batches per shard on a cluster.
 
     Returns
     -------
@@ -145,37 +162,31 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         raise ValueError(f"max_bad_fraction must be within [0, 1], got {max_bad_fraction}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if shard_batches < 1:
+        raise ValueError(f"shard_batches must be at least 1, got {shard_batches}")
     engines.check_engine(engine, precision)  # before the model is built
     names = list(image_names) if image_names is not None else [Path(p).name for p in paths]
+    paths = list(paths)
     backbone = models.get_backbone(model_name)
+    settings = {"model_name": model_name, "weights": weights, "seed": seed, "engine": engine,
+                "precision": precision, "batch_size": batch_size}
+    collected = _Collected(paths, names, backbone.feature_dim, max_bad_fraction)
     started = time.perf_counter()
-    model, weights_info = models.build_backbone(model_name, weights, seed=seed)
-    preprocess = backbone.preprocess_input()
-    size = backbone.input_size
-
-    forward = engines.make_forward(model, preprocess, batch_size, size, engine=engine, precision=precision)
-
-    out = np.full((len(paths), backbone.feature_dim), np.nan, dtype=np.float32)
-    bad: list[dict] = []
-    row = 0
-    bar = tqdm(total=len(paths), desc=f"{model_name} features", unit="img", disable=not progress,
-               mininterval=2.0, file=sys.stdout)
-    compute_started = time.perf_counter()
-    for batch, errors in iter_batches(list(paths), size, batch_size, workers=workers):
-        n = len(batch)
-        feats = forward(batch)  # pads the last batch to batch_size: one graph, one set of numerics
-        for i, err in enumerate(errors):
-            if err is None:
-                out[row + i] = feats[i]
-            else:
-                bad.append({"image_name": names[row + i], "path": str(paths[row + i]), "reason": err})
-        row += n
-        bar.update(n)
-        if bad and len(bad) > max_bad_fraction * len(paths):
-            bar.close()
-            raise BadInputError(_bad_summary(bad, len(paths), max_bad_fraction, stopped_at=row))
-    bar.close()
+    if cluster is None:
+        extractor = _Extractor(**settings)
+        weights_info, engine_settings, shards = extractor.weights_info, extractor.forward.info, None
+        compute_started = time.perf_counter()
+        with tqdm(total=len(paths), desc=f"{model_name} features", unit="img", disable=not progress,
+                  mininterval=2.0, file=sys.stdout) as bar:
+            for feats, errors in extractor.batches(paths, workers):
+                collected.add(feats, errors)
+                bar.update(len(errors))
+    else:
+        compute_started = started
+        weights_info, engine_settings, shards = _extract_on(cluster, settings, collected, workers, shard_batches,
+                                                            progress)
     elapsed = time.perf_counter() - compute_started
+    out, bad = collected.features, collected.bad
     if bad:
         print(_bad_summary(bad, len(paths), max_bad_fraction))
     provenance = {
@@ -184,7 +195,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         "keras_constructor": f"keras.applications.{backbone.constructor}",
         "constructor_kwargs": backbone.kwargs,
         **weights_info,
-        "input_size": [size, size, 3],
+        "input_size": [backbone.input_size, backbone.input_size, 3],
         "preprocessing": {
             "function": f"keras.applications.{backbone.family}.preprocess_input",
             "description": models.PREPROCESSING[backbone.preprocessing],
@@ -197,7 +208,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         "dtype": "float32",
         "engine": engine,
         "precision": precision,
-        "engine_settings": forward.info,
+        "engine_settings": engine_settings,
         "batch_size": batch_size,
         "seed": seed,
         "image_count": len(paths),
@@ -206,12 +217,131 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         "max_bad_fraction": max_bad_fraction,
         "bad_rows": "NaN",
         "image_names": names,
+        "executor": executor.IN_PROCESS if cluster is None else cluster.label,
+        "computed_by": shards or [{"rows": [0, len(paths)], **executor.worker_description()}],
         "seconds_total": round(time.perf_counter() - started, 3),
         "seconds_inference": round(elapsed, 3),
         "images_per_second": round(len(paths) / elapsed, 2) if elapsed > 0 else None,
         "versions": _versions(keras, tf),
     }
     return out, provenance
+
+
+class _Collected:
+    """The feature rows and bad images of a run, gathered batch by batch in row order.
+
+    Stops with :class:`BadInputError` after the first batch that takes the bad
+    images over ``max_bad_fraction``, in this process and on a cluster alike.
+    """
+
+    def __init__(self, paths: Sequence[Path], names: Sequence[str], dim: int, max_bad_fraction: float):
+        self.paths, self.names, self.limit = paths, names, max_bad_fraction
+        self.features = np.full((len(paths), dim), np.nan, dtype=np.float32)
+        self.bad: list[dict] = []
+        self.row = 0
+
+    def add(self, feats: np.ndarray, errors: Sequence[str | None]) -> None:
+        for i, err in enumerate(errors):
+            if err is None:
+                self.features[self.row + i] = feats[i]
+            else:
+                self.bad.append({"image_name": self.names[self.row + i], "path": str(self.paths[self.row + i]),
+                                 "reason": err})
+        self.row += len(errors)
+        if self.bad and len(self.bad) > self.limit * len(self.paths):
+            raise BadInputError(_bad_summary(self.bad, len(self.paths), self.limit, stopped_at=self.row))
+
+
+class _Extractor:
+    """A backbone built once and compiled for one engine and precision, and its input size."""
+
+    def __init__(self, model_name: str, weights: str, seed: int, engine: str, precision: str, batch_size: int):
+        backbone = models.get_backbone(model_name)
+        model, self.weights_info = models.build_backbone(model_name, weights, seed=seed)
+        self.size, self.batch_size = backbone.input_size, batch_size
+        self.forward = engines.make_forward(model, backbone.preprocess_input(), batch_size, self.size,
+                                            engine=engine, precision=precision)
+
+    def batches(self, paths: Sequence[Path], workers: int) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+        """Features and read errors of each batch of ``paths``, in order (rows of bad images are zeros' features)."""
+        for batch, errors in iter_batches(list(paths), self.size, self.batch_size, workers=workers):
+            # pads the last batch to batch_size: one graph, one set of numerics
+            yield self.forward(batch), errors
+
+
+_WORKER_EXTRACTOR: dict = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def extract_shard(settings: dict, paths: Sequence[str], workers: int) -> dict:
+    """On a Dask worker: the features of one shard of images, with the model built once per worker.
+
+    The worker keeps the last model it built (one at a time, to bound its
+    memory) and reuses it for every shard with the same ``settings``; a lock
+    serialises shards on a worker with several threads.
+
+    Returns
+    -------
+    dict
+        ``features`` (NaN rows for unreadable images), ``errors`` (per
+        image), ``weights`` (the weights' provenance), ``engine_settings``
+        and ``worker`` (:func:`cxrcluster.executor.worker_description`).
+    """
+    key = tuple(sorted(settings.items()))
+    with _WORKER_LOCK:
+        if key not in _WORKER_EXTRACTOR:
+            _WORKER_EXTRACTOR.clear()
+            _WORKER_EXTRACTOR[key] = _Extractor(**settings)
+        extractor = _WORKER_EXTRACTOR[key]
+        rows, errors = [], []
+        for feats, errs in extractor.batches([Path(p) for p in paths], workers):
+            rows.append(np.where(np.array([e is None for e in errs])[:, None], feats, np.nan).astype(np.float32))
+            errors += errs
+    return {"features": np.concatenate(rows), "errors": errors, "weights": extractor.weights_info,
+            "engine_settings": extractor.forward.info, "worker": executor.worker_description()}
+
+
+def _extract_on(cluster: executor.Cluster, settings: dict, collected: _Collected, workers: int,
+                shard_batches: int, progress: bool) -> tuple[dict, dict, list[dict]]:
+    """Extraction as shard tasks on a cluster, gathered in row order into ``collected``."""
+    from dask.base import tokenize
+
+    paths = [os.path.abspath(p) for p in collected.paths]
+    batch_size = settings["batch_size"]
+    step = batch_size * shard_batches
+    bounds = [(start, min(start + step, len(paths))) for start in range(0, len(paths), step)]
+    token = tokenize(settings, paths, workers)
+    client = cluster.client
+    futures = [client.submit(extract_shard, settings, paths[a:b], workers, key=f"extract-{i}-{token}")
+               for i, (a, b) in enumerate(bounds)]
+    done: dict[int, dict] = {}
+    shards: list[dict] = []
+    gathered = 0
+    try:
+        for i in executor.completed(cluster, futures, desc=f"{settings['model_name']} features",
+                                    units=[b - a for a, b in bounds], unit="img", progress=progress):
+            done[i] = futures[i].result()
+            while gathered in done:  # in row order, so that bad images stop the run where a local run would
+                shard = done.pop(gathered)
+                a, b = bounds[gathered]
+                for start in range(0, b - a, batch_size):
+                    collected.add(shard["features"][start:start + batch_size], shard["errors"][start:start + batch_size])
+                shards.append({"rows": [a, b], **shard["worker"], "threads": shard["engine_settings"].get("threads"),
+                               "weights": shard["weights"], "engine_settings": shard["engine_settings"]})
+                gathered += 1
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    first = shards[0]
+    differing = {s["worker"] for s in shards if s["weights"].get("weights_sha256") != first["weights"].get(
+        "weights_sha256")}
+    if differing:
+        raise RuntimeError(f"the workers hold different weights for {settings['model_name']}: "
+                           f"{first['worker']} has {first['weights'].get('weights_sha256')}, "
+                           f"{', '.join(sorted(differing))} another; give every worker the same weights file")
+    weights_info, engine_settings = first["weights"], first["engine_settings"]
+    for s in shards:
+        del s["weights"], s["engine_settings"]
+    return weights_info, engine_settings, shards
 
 
 def _bad_summary(bad: list[dict], total: int, limit: float, stopped_at: int | None = None) -> str:
@@ -335,13 +465,19 @@ def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, 
 
     Rows whose path is missing or escapes ``data_dir`` are refused before any
     work (:class:`cxrcluster.data.DatasetError`), and so is an unknown or
-    unavailable ``engine`` / ``precision`` (see :func:`extract_features`).
+    unavailable ``engine`` / ``precision`` (see :func:`extract_features`),
+    and, on a cluster, a worker that cannot read ``data_dir``, the first and
+    last images or a weights file at the same path
+    (:func:`cxrcluster.executor.check_readable`).
     Other keyword arguments go to :func:`extract_features`. Returns what
     :func:`extract_features` returns.
     """
     engines.check_engine(engine, precision)
     labels = data.read_labels(labels_csv)
     paths = data.resolve_image_paths(labels, data_dir)
+    if kwargs.get("cluster") is not None:  # the workers read the images themselves: can they?
+        weights_file = [weights] if Path(weights).is_file() else []
+        executor.check_readable(kwargs["cluster"].client, [data_dir, *paths[:1], *paths[-1:], *weights_file])
     X, provenance = extract_features(paths, model_name, weights, image_names=list(labels["image_name"]),
                                      engine=engine, precision=precision, **kwargs)
     provenance["labels_sha256"] = data.labels_fingerprint(labels["image_name"], labels["label"])

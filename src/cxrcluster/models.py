@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +131,38 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def _seeded_keras(seed: int) -> Iterator[None]:
+    """``keras.utils.set_random_seed(seed)``, with Keras' seed draws kept from other threads.
+
+    Keras seeds every unseeded initializer with a number drawn from Python's
+    shared ``random`` module, one draw per layer while the model is built.
+    Another thread drawing from that module meanwhile (a Dask worker's event
+    loop does) changes the random weights from some layer on: a backbone built
+    in a Dask task differed from the same build here from its seventh kernel
+    on. While the model is built, Keras draws from a private generator seeded
+    like the shared one, so the weights are those of a plain
+    ``set_random_seed`` with no other thread about.
+    """
+    import random
+
+    import keras
+    from keras.src.random import seed_generator
+
+    keras.utils.set_random_seed(seed)
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
+
+
+def _built(constructor, seed: int, **kwargs):
+    with _seeded_keras(seed):
+        return constructor(**kwargs)
+
+
 def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
     """Build a backbone as a feature extractor (no top, global average pooling).
 
@@ -166,14 +200,13 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
     import keras
 
     backbone = get_backbone(name)
-    keras.utils.set_random_seed(seed)
     ctor = getattr(keras.applications, backbone.constructor)
     shape = (backbone.input_size, backbone.input_size, 3)
     kwargs = dict(include_top=False, pooling="avg", input_shape=shape, **backbone.kwargs)
     if weights == "imagenet":
         cached = keras_cache_dir() / backbone.weights_file
         try:
-            model = ctor(weights="imagenet", **kwargs)
+            model = _built(ctor, seed, weights="imagenet", **kwargs)
         except Exception as exc:  # Keras raises a bare Exception on a failed download
             if cached.is_file():
                 raise
@@ -189,13 +222,13 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
     elif weights in ("none", "None", None, ""):
         warnings.warn(f"{name} is built with RANDOM weights (WEIGHTS=none): its features are untrained "
                       "and meaningless for the study; use them to test the pipeline only.", stacklevel=2)
-        model = ctor(weights=None, **kwargs)
+        model = _built(ctor, seed, weights=None, **kwargs)
         provenance = {"weights": "none", "weights_file": None, "weights_sha256": None, "trained": False}
     else:
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"weights file {str(path)!r} for {name} does not exist")
-        model = ctor(weights=None, **kwargs)
+        model = _built(ctor, seed, weights=None, **kwargs)
         model.load_weights(str(path))
         provenance = {"weights": "file", "weights_file": str(path), "weights_sha256": sha256_file(path),
                       "trained": True}

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import operator
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -92,6 +94,7 @@ def run_suite(
     model: str = "",
     progress: bool = True,
     background: bool = True,
+    cluster=None,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Run every enabled algorithm of ``config`` on one model's features and score it.
 
@@ -111,6 +114,11 @@ def run_suite(
         Compute the algorithms' own preparations (UMAP) in a worker process
         while the algorithms on the shared preparation run (:class:`_Preparations`);
         the results are the same either way.
+    cluster : cxrcluster.executor.Cluster, optional
+        Run on a Dask cluster (:func:`cxrcluster.executor.connect`): every
+        fit (algorithm x seed) and every own preparation is a task, and the
+        fits run side by side; the scoring is done here. The table and cluster
+        ids are the same as in this process, apart from ``wall_time_s``.
 
     Returns
     -------
@@ -154,12 +162,24 @@ def run_suite(
     budget = float(cfg["memory_budget_gb"]) * GIB
 
     names = [name for name, spec in cfg["algorithms"].items() if spec["enabled"]]
-    shared_key = _to_json(cfg["preparation"])
     own = {}  # the algorithms' own preparations, one computation each
     for name in names:
-        preparation = cfg["algorithms"][name].get("preparation", cfg["preparation"])
-        own.setdefault(_to_json(preparation), preparation)
-    own.pop(shared_key, None)
+        own.setdefault(_preparation_key(cfg, name), cfg["algorithms"][name].get("preparation", cfg["preparation"]))
+    own.pop(_to_json(cfg["preparation"]), None)
+    if cluster is not None:  # one thread per step there too (_fit_seed, _prepare)
+        with threadpool_limits(1):
+            rows, cluster_ids = _run_on_cluster(cluster, X, labels, cfg, names, own, n_classes, seeds, budget,
+                                                model, progress)
+    else:
+        rows, cluster_ids = _run_here(X, labels, cfg, names, own, n_classes, seeds, budget, model, progress,
+                                      background)
+    return pd.DataFrame([{"model": model, **rows[name]} for name in names], columns=RESULT_COLUMNS), \
+        {name: cluster_ids[name] for name in names if name in cluster_ids}
+
+
+def _run_here(X, labels, cfg, names, own, n_classes, seeds, budget, model, progress, background):
+    """The suite in this process, one algorithm after another (the UMAP preparation in a second one)."""
+    shared_key = _to_json(cfg["preparation"])
     # One thread for every step, here and in the worker: the results do not depend on the machine's
     # core count, and the second core computes the UMAP preparation meanwhile. At 5,228 synthetic
     # images one thread fitted as fast as two or faster (BayesianGaussianMixture 1.25 s against
@@ -169,30 +189,100 @@ def run_suite(
         prepared = {shared_key: _prepare(X, cfg["preparation"], cfg["seed"])}
         rows, cluster_ids = {}, {}
         # those on the shared preparation first, while the others' are computed
-        order = sorted(names, key=lambda n: _to_json(cfg["algorithms"][n].get("preparation", cfg["preparation"]))
-                       != shared_key)
+        order = sorted(names, key=lambda n: _preparation_key(cfg, n) != shared_key)
         bar = tqdm(order, desc=model or "clustering", unit="algorithm", disable=not progress)
         for name in bar:
             bar.set_postfix_str(name)
-            spec = cfg["algorithms"][name]
-            key = _to_json(spec.get("preparation", cfg["preparation"]))
+            key = _preparation_key(cfg, name)
             if key not in prepared:
                 prepared[key] = pending.result(key)
             X_prepared, description = prepared[key]
-            row, clusters = _run_algorithm(name, spec, X_prepared, labels, n_classes, seeds, budget, cfg)
-            if clusters is not None:
-                shared = prepared[shared_key][0]
-                if X_prepared is shared and ALGORITHMS[name].view is None:
-                    # the same silhouette computation on the same features: scale the run's own
-                    row["comparable_silhouette"] = row["silhouette"] * float(np.mean(clusters != metrics.NOISE))
-                else:
-                    row["comparable_silhouette"] = metrics.comparable_silhouette(
-                        shared, clusters, max_n=cfg["silhouette_max_n"], seed=cfg["seed"])
-            rows[name] = {"model": model, "preparation": description, **row}
+            row, clusters = _run_algorithm(name, cfg["algorithms"][name], X_prepared, labels, n_classes, seeds,
+                                           budget, cfg)
+            rows[name] = _with_comparable(row, clusters, name, X_prepared, prepared[shared_key][0], description, cfg)
             if clusters is not None:
                 cluster_ids[name] = clusters
-    return pd.DataFrame([rows[name] for name in names], columns=RESULT_COLUMNS), \
-        {name: cluster_ids[name] for name in names if name in cluster_ids}
+    return rows, cluster_ids
+
+
+def _run_on_cluster(cluster, X, labels, cfg, names, own, n_classes, seeds, budget, model, progress):
+    """The suite on a Dask cluster: every fit (algorithm x seed) and every own preparation is a task.
+
+    The shared preparation is computed here and sent to the workers once; the
+    fits run side by side; each algorithm is scored here, in configuration
+    order, from its fits in seed order, exactly as :func:`_run_here` scores
+    them, so the table and cluster ids are the same (fitting times apart).
+    """
+    from dask.base import tokenize
+
+    from cxrcluster import executor
+
+    client = cluster.client
+    shared_key = _to_json(cfg["preparation"])
+    shared = _prepare(X, cfg["preparation"], cfg["seed"])
+    token = tokenize(X, cfg["seed"])
+    inputs = {shared_key: client.scatter(shared[0], broadcast=False)}
+    tuples = {}
+    if own:
+        X_remote = client.scatter(X, broadcast=False)
+        for key, preparation in own.items():
+            tuples[key] = client.submit(_prepare, X_remote, dict(preparation), cfg["seed"],
+                                        key=f"prepare-{tokenize(key)}-{token}")
+            inputs[key] = client.submit(operator.getitem, tuples[key], 0, key=f"prepared-{tokenize(key)}-{token}")
+    rows, plans, tasks = {}, {}, []
+    for name in names:
+        plan = _planned(name, cfg["algorithms"][name], X.shape, n_classes, seeds, budget)
+        if isinstance(plan, dict):
+            rows[name] = {**plan, "preparation": _description(cfg, name, shared, tuples)}
+            continue
+        plans[name] = plan
+        source = inputs[_preparation_key(cfg, name)]
+        for seed in plan.seeds:
+            tasks.append((name, client.submit(_fit_seed, plan, source, seed, budget,
+                                              key=f"fit-{model}-{name}-{seed}-{token}")))
+    fits = {name: [] for name in plans}
+    futures = [future for _, future in tasks]
+    cluster_ids = {}
+    try:
+        for _ in executor.completed(cluster, futures, desc=f"{model or 'clustering'} fits", unit="fit",
+                                    progress=progress):
+            pass  # the bar moves as fits complete; they are scored below, in order
+        for name, future in tasks:
+            fits[name].append(future.result())
+        prepared = {shared_key: shared, **{key: future.result() for key, future in tuples.items()}}
+        for name, plan in plans.items():
+            X_prepared, description = prepared[_preparation_key(cfg, name)]
+            row, clusters = _score(plan, fits[name], X_prepared, labels, cfg)
+            rows[name] = _with_comparable(row, clusters, name, X_prepared, shared[0], description, cfg)
+            if clusters is not None:
+                cluster_ids[name] = clusters
+    finally:
+        client.cancel([f for f in futures + list(tuples.values()) + list(inputs.values()) if not f.done()])
+    return rows, cluster_ids
+
+
+def _preparation_key(cfg: Mapping, name: str) -> str:
+    return _to_json(cfg["algorithms"][name].get("preparation", cfg["preparation"]))
+
+
+def _description(cfg, name, shared, tuples) -> str:
+    """The preparation's description of an algorithm that did not start (computing it if need be)."""
+    key = _preparation_key(cfg, name)
+    return shared[1] if key == _to_json(cfg["preparation"]) else tuples[key].result()[1]
+
+
+def _with_comparable(row: dict, clusters, name: str, X_prepared: np.ndarray, shared: np.ndarray,
+                     description: str, cfg: Mapping) -> dict:
+    """The row with its preparation and comparable silhouette (on the shared preparation)."""
+    comparable = math.nan
+    if clusters is not None:
+        if X_prepared is shared and ALGORITHMS[name].view is None:
+            # the same silhouette computation on the same features: scale the run's own
+            comparable = row["silhouette"] * float(np.mean(clusters != metrics.NOISE))
+        else:
+            comparable = metrics.comparable_silhouette(shared, clusters, max_n=cfg["silhouette_max_n"],
+                                                       seed=cfg["seed"])
+    return {**row, "preparation": description, "comparable_silhouette": comparable}
 
 
 class _Preparations:
@@ -244,9 +334,129 @@ class _Preparations:
 
 
 def _prepare(X: np.ndarray, preparation: Mapping, seed: int) -> tuple[np.ndarray, str]:
-    """:func:`prepare_features` on one thread, in this process or the worker alike."""
+    """:func:`prepare_features` on one thread, in this process or a worker alike (on a fresh copy: :func:`_fresh`)."""
     with threadpool_limits(1):
-        return prepare_features(X, dict(preparation), seed=seed)
+        return prepare_features(_fresh(X), dict(preparation), seed=seed)
+
+
+def _fresh(X: np.ndarray) -> np.ndarray:
+    """A newly allocated copy of ``X``.
+
+    An array received by a Dask task lives at whatever offset in the message
+    buffer it came in, and that offset changes the last bits of some BLAS
+    results: a UMAP embedding computed on a received array differed from the
+    same computation in this process, and was equal after this copy (tested).
+    """
+    return np.array(X, dtype=np.float64, order="C", copy=True)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one algorithm runs: its parameters, the images it is fitted on and its seeds."""
+
+    name: str
+    params: dict
+    fitted_n: int
+    n: int
+    seeds: list[int]
+
+    @property
+    def subsampled(self) -> bool:
+        return self.fitted_n < self.n
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    """A fit that did not finish: the row's status and the time it took."""
+
+    status: str
+    seconds: float
+
+
+def _empty_row(name: str, n: int, params: Mapping) -> dict:
+    return {
+        "clustering": name,
+        **dict.fromkeys(METRICS, math.nan),
+        **dict.fromkeys(CHANCE, math.nan),
+        "comparable_silhouette": math.nan,
+        **{f"{m}_{stat}": math.nan for m in SPREAD for stat in ("mean", "std")},
+        "stability": math.nan,
+        "n_seeds": 0,
+        "chosen_by": "",
+        "n_images": n,
+        "n_fitted": 0,
+        "n_assigned": 0,
+        "params": _to_json(params),
+        "wall_time_s": 0.0,
+    }
+
+
+def _params(name: str, spec: Mapping, n_classes: int) -> dict:
+    """The algorithm's defaults overridden by its configuration, with the class count where it takes one."""
+    algo = ALGORITHMS[name]
+    params = {**algo.defaults, **{k: v for k, v in spec.items() if k not in RUNNER_KEYS}}
+    if algo.n_clusters_key and params.get(algo.n_clusters_key) is None:
+        params[algo.n_clusters_key] = n_classes
+    return params
+
+
+def _plan(name: str, spec: Mapping, shape: tuple[int, int], n_classes: int, seeds: list[int],
+          budget: float) -> _Plan:
+    """The parameters, subsample size and seeds of one algorithm (views keep the features' shape).
+
+    Raises :class:`MemoryBudgetExceeded` when it cannot run within the budget.
+    """
+    algo = ALGORITHMS[name]
+    params = _params(name, spec, n_classes)
+    n, d = shape
+    fitted_n = min(n, spec.get("max_samples") or n)
+    need = algo.memory(fitted_n, d, params) if algo.memory else 0.0
+    if need > budget:
+        if algo.over_budget == "skip":
+            raise MemoryBudgetExceeded(_over_budget(need, fitted_n, budget))
+        fitted_n = _largest_within(algo.memory, d, params, budget, fitted_n)
+        if fitted_n < MIN_SUBSAMPLE:
+            raise MemoryBudgetExceeded(_over_budget(need, n, budget) + f" and {MIN_SUBSAMPLE} images do not fit")
+    run_seeds = seeds if (fitted_n < n or algo.is_stochastic(params)) else seeds[:1]
+    return _Plan(name, params, fitted_n, n, run_seeds)
+
+
+def _planned(name: str, spec: Mapping, shape: tuple[int, int], n_classes: int, seeds: list[int],
+             budget: float) -> _Plan | dict:
+    """:func:`_plan`, or the results row of an algorithm that cannot start (skipped or failed)."""
+    try:
+        return _plan(name, spec, shape, n_classes, seeds, budget)
+    except MemoryBudgetExceeded as exc:
+        status = f"skipped: {_one_line(exc)}"
+    except Exception as exc:
+        status = f"failed: {type(exc).__name__}: {_one_line(exc)}"
+    return {**_empty_row(name, shape[0], _params(name, spec, n_classes)), "status": status}
+
+
+def _fit_seed(plan: _Plan, X: np.ndarray, seed: int, budget: float) -> tuple[np.ndarray, Fit, float] | _Stopped:
+    """One fit of a plan, on one thread: its cluster ids, its fit and its time, or why it stopped.
+
+    The same function runs in this process and as a task on a Dask worker.
+    """
+    algo = ALGORITHMS[plan.name]
+    start = time.perf_counter()
+    X = _fresh(X)
+    with threadpool_limits(1):
+        try:
+            view = algo.view(X) if algo.view else X
+            p = dict(plan.params)
+            if algo.seed_key:
+                p[algo.seed_key] = seed
+            if plan.subsampled:
+                clusters, fit = _fit_subsample(algo, view, p, budget, plan.fitted_n, seed)
+            else:
+                fit = algo.fit(view, p, budget)
+                clusters = np.asarray(fit.labels, dtype=np.int64)
+        except MemoryBudgetExceeded as exc:
+            return _Stopped(f"skipped: {_one_line(exc)}", time.perf_counter() - start)
+        except Exception as exc:  # any failure is recorded and the suite goes on
+            return _Stopped(f"failed: {type(exc).__name__}: {_one_line(exc)}", time.perf_counter() - start)
+    return clusters, fit, time.perf_counter() - start
 
 
 def _run_algorithm(
@@ -259,81 +469,49 @@ def _run_algorithm(
     budget: float,
     cfg: Mapping,
 ) -> tuple[dict, np.ndarray | None]:
-    algo = ALGORITHMS[name]
-    params = {**algo.defaults, **{k: v for k, v in spec.items() if k not in RUNNER_KEYS}}
-    if algo.n_clusters_key and params.get(algo.n_clusters_key) is None:
-        params[algo.n_clusters_key] = n_classes
-    row = {
-        "clustering": name,
-        **dict.fromkeys(METRICS, math.nan),
-        **dict.fromkeys(CHANCE, math.nan),
-        "comparable_silhouette": math.nan,
-        **{f"{m}_{stat}": math.nan for m in SPREAD for stat in ("mean", "std")},
-        "stability": math.nan,
-        "n_seeds": 0,
-        "chosen_by": "",
-        "n_images": X.shape[0],
-        "n_fitted": 0,
-        "n_assigned": 0,
-        "params": _to_json(params),
-        "wall_time_s": 0.0,
-    }
-    fit_time = 0.0
-    try:
-        view = algo.view(X) if algo.view else X
-        n, d = view.shape
-        fitted_n = min(n, spec.get("max_samples") or n)
-        need = algo.memory(fitted_n, d, params) if algo.memory else 0.0
-        if need > budget:
-            if algo.over_budget == "skip":
-                raise MemoryBudgetExceeded(_over_budget(need, fitted_n, budget))
-            fitted_n = _largest_within(algo.memory, d, params, budget, fitted_n)
-            if fitted_n < MIN_SUBSAMPLE:
-                raise MemoryBudgetExceeded(
-                    _over_budget(need, n, budget) + f" and {MIN_SUBSAMPLE} images do not fit"
-                )
-        subsampled = fitted_n < n
-        run_seeds = seeds if (subsampled or algo.is_stochastic(params)) else seeds[:1]
+    """One algorithm in this process: plan, fit each seed until one stops, and score."""
+    plan = _planned(name, spec, X.shape, n_classes, seeds, budget)
+    if isinstance(plan, dict):
+        return plan, None
+    fits = []
+    for seed in plan.seeds:
+        fits.append(_fit_seed(plan, X, seed, budget))
+        if isinstance(fits[-1], _Stopped):
+            break
+    return _score(plan, fits, X, labels, cfg)
 
-        runs, used = [], None
-        for seed in run_seeds:
-            p = dict(params)
-            if algo.seed_key:
-                p[algo.seed_key] = seed
-            start = time.perf_counter()
-            try:
-                if subsampled:
-                    clusters, fit = _fit_subsample(algo, view, p, budget, fitted_n, seed)
-                else:
-                    fit = algo.fit(view, p, budget)
-                    clusters = np.asarray(fit.labels, dtype=np.int64)
-            finally:
-                fit_time += time.perf_counter() - start
-            # no silhouette per seed: it is quadratic in n, and only the reported run's is kept
-            runs.append((clusters, metrics.score_clustering(labels, clusters), fit))
-            if used is None:
-                used = {k: v for k, v in fit.params.items() if k != algo.seed_key}
-                if algo.seed_key or subsampled:
-                    used["seeds"] = run_seeds
-                if subsampled:
-                    used["subsample"] = fitted_n
-                    used["assign"] = "nearest exemplar" if fit.centres is not None else "nearest centroid"
-    except MemoryBudgetExceeded as exc:
-        return {**row, "wall_time_s": round(fit_time, 3), "status": f"skipped: {_one_line(exc)}"}, None
-    except Exception as exc:  # any failure is recorded and the suite goes on
-        return {
-            **row,
-            "wall_time_s": round(fit_time, 3),
-            "status": f"failed: {type(exc).__name__}: {_one_line(exc)}",
-        }, None
+
+def _score(plan: _Plan, fits: list, X: np.ndarray, labels: np.ndarray, cfg: Mapping) -> tuple[dict, np.ndarray | None]:
+    """The results row and representative cluster ids of a plan's fits, in seed order.
+
+    The first fit that stopped (in seed order) gives the row its status, as
+    when the seeds run one after the other and the first failure ends them.
+    """
+    algo = ALGORITHMS[plan.name]
+    row = _empty_row(plan.name, plan.n, plan.params)
+    stopped = next((i for i, f in enumerate(fits) if isinstance(f, _Stopped)), None)
+    if stopped is not None:
+        fits = fits[:stopped + 1]
+    fit_time = sum(f.seconds if isinstance(f, _Stopped) else f[2] for f in fits)
+    if stopped is not None:
+        return {**row, "wall_time_s": round(fit_time, 3), "status": fits[-1].status}, None
+    view = algo.view(X) if algo.view else X
+    runs = [(clusters, metrics.score_clustering(labels, clusters), fit) for clusters, fit, _ in fits]
+    used = {k: v for k, v in runs[0][2].params.items() if k != algo.seed_key}
+    if algo.seed_key or plan.subsampled:
+        used["seeds"] = plan.seeds
+    if plan.subsampled:
+        used["subsample"] = plan.fitted_n
+        used["assign"] = "nearest exemplar" if runs[0][2].centres is not None else "nearest centroid"
 
     chosen, rule = choose_representative([c for c, _, _ in runs], [f.objective for _, _, f in runs],
-                                         same_images=not subsampled)
+                                         same_images=not plan.subsampled)
     clusters, _, fit = runs[chosen]
-    if algo.seed_key or subsampled:
-        used["seed"] = run_seeds[chosen]
+    if algo.seed_key or plan.subsampled:
+        used["seed"] = plan.seeds[chosen]
     table = pd.DataFrame([scores for _, scores, _ in runs])
     row.update({m: float(table[m].iloc[chosen]) for m in METRICS})
+    # no silhouette per seed: it is quadratic in n, and only the reported run's is kept
     row["silhouette"] = metrics.score_clustering(
         labels, clusters, view, silhouette_max_n=cfg["silhouette_max_n"], seed=cfg["seed"])["silhouette"]
     row.update({f"{m}_mean": float(table[m].mean()) for m in SPREAD})
@@ -342,7 +520,7 @@ def _run_algorithm(
                                                   seed=cfg["seed"])
     reason = degenerate_reason(clusters, cfg["degenerate"], fit.diagnostics)
     row.update(chance_label_change=chance, chance_p=p_value, stability=stability([c for c, _, _ in runs]),
-               n_seeds=len(runs), chosen_by=rule, n_fitted=fitted_n, n_assigned=n - fitted_n,
+               n_seeds=len(runs), chosen_by=rule, n_fitted=plan.fitted_n, n_assigned=plan.n - plan.fitted_n,
                params=_to_json(used), wall_time_s=round(fit_time, 3),
                status=f"degenerate: {reason}" if reason else "ok")
     return row, clusters
