@@ -180,3 +180,26 @@ def test_report_names(tmp_path, out, written):
     assert (md, csv) == (tmp_path / f"{written}.md", tmp_path / f"{written}.csv")
     assert "| CPU | test CPU |" in md.read_text() and "| 224 | 100.0 |" in md.read_text()
     assert list(pd.read_csv(csv).columns) == bench.CSV_COLUMNS
+
+
+@pytest.mark.slow
+def test_executors_are_timed_and_checked_against_this_process(tmp_path):
+    """This process against a one-worker local cluster: every part timed, and found equal."""
+    from cxrcluster.bench.executors import bench_executors
+
+    data_dir = demo.write_demo_dataset(tmp_path / "demo")
+    config = tmp_path / "c.yaml"
+    config.write_text("algorithms:\n  KMeans: {}\n  AgglomerativeWard: {}\n")
+    paths = bench.select_images(data_dir, 12)
+    rows = bench_executors(paths, "MobileNetV2-0.35", "none", config, suite_n=200, places=["", "local:1"],
+                           batch_size=4)
+    frame = pd.DataFrame(rows)
+    assert frame[["path", "algorithm"]].values.tolist() == [
+        ["local", "extraction"], ["local", "clustering suite"],
+        ["local:1", "start the cluster"], ["local:1", "extraction"], ["local:1", "clustering suite"]]
+    assert (frame["seconds"] > 0).all()
+    assert frame.loc[3, "note"].endswith("byte-identical to the reference")
+    assert frame.loc[4, "note"] == "6 fits; equal to the reference"  # KMeans five seeds, Ward one
+    md, _ = bench.write_report(rows, tmp_path / "b", machine=bench.describe_machine(), command="x", data_note="",
+                               started=0.0, load_before=(0, 0, 0), load_after=(0, 0, 0))
+    assert "| local:1 | extraction |" in md.read_text()

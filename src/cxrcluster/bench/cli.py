@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrcluster import data, demo, models
-from cxrcluster.bench.extraction import PATHS, PIPELINE_DEFAULT, bench_extraction
+from cxrcluster.bench.executors import bench_executors
+from cxrcluster.bench.extraction import PATHS, PIPELINE_DEFAULT, bench_extraction, choose_weights
 from cxrcluster.bench.machine import describe_machine
 from cxrcluster.bench.memory import SUITE_N, _cluster_worker, bench_clustering
 from cxrcluster.bench.progress import log
@@ -77,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(PROJECT_ROOT / "config" / "clustering.yaml"))
     parser.add_argument("--algorithms", nargs="+",
                         help="only these clustering algorithms, in the scaling table and the suite (default: all)")
-    parser.add_argument("--skip", choices=["extraction", "clustering"], action="append", default=[],
+    parser.add_argument("--places", nargs="*",
+                        help="where to run extraction and the suite, compared with this process: local:N or a "
+                             "scheduler's address (default: local:2; none with --quick)")
+    parser.add_argument("--skip", choices=["extraction", "clustering", "executors"], action="append", default=[],
                         help="leave a part out (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 8 images, one round, clustering at n = 200 and 400, suite at 300")
@@ -115,6 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     if "clustering" not in args.skip:
         rows += bench_clustering(resolve(args.config), sizes, time_cap=time_cap, suite_n=suite_n or None,
                                  suite_time_cap=max(600.0, time_cap), algorithms=args.algorithms)
+    places = args.places if args.places is not None else ([] if quick else ["local:2"])
+    if places and "executors" not in args.skip:
+        model = model_names[-1]  # the smallest of the defaults
+        paths = select_images(data_dir, limit)
+        log(f"executors: this process against {', '.join(places)}")
+        rows += bench_executors(paths, model, choose_weights(model, args.weights), resolve(args.config),
+                                suite_n=suite_n or SUITE_N, places=["", *places], batch_size=args.batch_size,
+                                workers=args.workers, engine=args.pipeline_default.split("-")[0])
     from cxrcluster import clustering
 
     budget = float(clustering.load_config(resolve(args.config))["memory_budget_gb"])

@@ -155,7 +155,8 @@ def _baseline_runner(model, paths: Sequence[Path], size: int) -> Callable[[Seque
     return run
 
 
-def _weights_for(name: str, choice: str) -> str:
+def choose_weights(name: str, choice: str) -> str:
+    """``auto``: ImageNet when the model's weights are in Keras' cache, else random."""
     if choice != "auto":
         return choice
     cached = models.keras_cache_dir() / models.get_backbone(name).weights_file
@@ -199,7 +200,7 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
             decoded_sizes[size] = bench_decoding(paths, size, repeats=repeats, batch_size=batch_size,
                                                  workers=workers)
             rows.append(decoded_sizes[size])
-        used_weights = _weights_for(name, weights)
+        used_weights = choose_weights(name, weights)
         log(f"{name}: building ({used_weights} weights)")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*RANDOM weights.*")

@@ -26,8 +26,9 @@ CSV_COLUMNS = [
     "status", "note",
 ]
 """Columns of ``<out>.csv``. ``section`` is ``extraction``, ``decoding``,
-``clustering`` (one algorithm, one ``n``) or ``suite`` (the whole suite, and
-its algorithms' fit times); columns that do not apply to a section are empty.
+``clustering`` (one algorithm, one ``n``), ``suite`` (the whole suite, and
+its algorithms' fit times) or ``executor`` (extraction and the suite in this
+process and on a local Dask cluster: ``path`` is where, ``algorithm`` the part); columns that do not apply to a section are empty.
 ``role`` marks the original study's pipeline, the fp32 reference
 (``extract_features``' default) and the path ``make`` runs by default."""
 
@@ -143,6 +144,15 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
                 lines.append(f"| {r['algorithm']} | {r['seconds']:.2f} | {str(r['status'])[:100]} |")
         else:
             lines.append(f"{whole['status']}.")
+        lines.append("")
+    places = frame[frame["section"] == "executor"]
+    if not places.empty:
+        lines += ["## Where the work runs: this process against a local Dask cluster", "",
+                  "The same images and the same synthetic features on each; wall seconds of one run each.", "",
+                  "| executor | part | seconds | images | note |", "|---|---|---:|---:|---|"]
+        for _, r in places.iterrows():
+            lines.append(f"| {r['path']} | {r['algorithm']} | {r['seconds']:.1f} | {_fmt(r['n'], ',.0f')} | "
+                         f"{_fmt(r['note'])} |")
         lines.append("")
     goals = targets(frame, budget_gib)
     if goals:
