@@ -292,7 +292,7 @@ report: $(call out,full)/reports/index.html $(if $(filter masked,$(VARIANT)),$(O
 .PHONY: audit features cluster issues
 audit: $(call out,$(VARIANT))/reports/audit/confound.json ## audit the dataset: per-class files, source confound, duplicates
 features: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/features/$(m).npy) ## extract the features of every model in MODELS
-cluster: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/results/$(m).csv) ## cluster every model's features
+cluster: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/results/$(m).csv $(call label_csvs,$(call out,$(VARIANT)),$(m))) ## cluster every model's features
 issues: $(call out,$(VARIANT))/label_issues.csv ## label issues per image and the planted-noise check
 
 # ---- Development ------------------------------------------------------------------------------
