@@ -48,8 +48,8 @@ CONFIG ?= config/clustering.yaml#  algorithms, their parameters, seeds, feature 
 OUT ?= .#                       root of every output (a scratch folder keeps runs apart)
 BATCH_SIZE ?= 32
 WORKERS ?= 2
-ENGINE ?= openvino#             forward pass of extraction: openvino | tensorflow (the reference); see make bench
-PRECISION ?= fp32#              fp32 | bf16 (CPUs with bf16 instructions; not safe for every backbone)
+ENGINE ?= auto#                 forward pass of extraction: auto (openvino when installed) | openvino | tensorflow
+PRECISION ?= auto#              auto (bf16/int8 where the CPU runs it and it passes a check on the data, else fp32) | fp32 | bf16 | int8
 SCHEDULER ?=#                   where extraction and clustering run: empty (here), local:N, tcp://host:8786 (Dask)
 PYTHON ?= python3#              interpreter that creates the virtual environment
 PYTEST_ARGS ?=
@@ -253,7 +253,7 @@ $(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels
 	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(4) -r weights $(WEIGHTS) \
 	    -r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
 	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS) -r engine $(ENGINE) -r precision $(PRECISION) \
-	    -p max_bad_fraction $(MAX_BAD_FRACTION) -r scheduler "$(SCHEDULER)",$(1))
+	    -p max_bad_fraction $(MAX_BAD_FRACTION) -r scheduler "$(SCHEDULER)" -r cache_dir $(1)/cache,$(1))
 
 $(1)/results/$(4).csv $(1)/results/$(4).label_csvs.txt $(call label_csvs,$(1),$(4)) &: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
     $(SRC_CLUSTER) | $(VENV_OK)
@@ -307,7 +307,7 @@ lint: $(VENV_OK) ## ruff on src, tests and notebooks; committed notebooks must c
 
 .PHONY: bench
 bench: $(VENV_OK) ## measure extraction and clustering speed into reports/benchmarks.md (not part of test)
-	$(PY) -m cxrcluster.bench --out reports/benchmarks --pipeline-default $(ENGINE)-$(PRECISION)
+	$(PY) -m cxrcluster.bench --out reports/benchmarks --pipeline-default $(if $(filter auto,$(ENGINE) $(PRECISION)),auto,$(ENGINE)-$(PRECISION))
 
 .PHONY: lab
 lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel

@@ -99,8 +99,8 @@ def test_reruns_are_byte_identical_and_batches_are_padded(tiny, engine, precisio
 
 @pytest.mark.parametrize("engine,precision,message", [
     ("pytorch", "fp32", "unknown engine 'pytorch'; choose one of: tensorflow, openvino"),
-    ("tensorflow", "fp16", "unknown precision 'fp16'; choose one of: fp32, bf16"),
-    ("openvino", "int8", "unknown precision 'int8'"),
+    ("tensorflow", "fp16", "unknown precision 'fp16'; choose one of: fp32, bf16, int8"),
+    ("openvino", "int4", "unknown precision 'int4'"),
 ])
 def test_unknown_engine_or_precision_is_a_clear_value_error(tiny, engine, precision, message):
     model, preprocess, _, _ = tiny
@@ -162,3 +162,50 @@ def test_every_engine_on_mobilenet_v2_with_random_weights():
             continue
         out = engines.make_forward(model, backbone.preprocess_input(), 4, 224, engine, precision)(images)
         assert cosines(out, ref).min() > floor, (engine, precision)
+
+
+def test_int8_runs_on_openvino_only():
+    with pytest.raises(engines.EngineUnavailableError, match="int8 runs on engine openvino only"):
+        engines.check_engine("tensorflow", "int8")
+
+
+@pytest.mark.parametrize("flags,found", [
+    (frozenset({"avx2", "fma"}), False),
+    (frozenset({"avx512f", "avx512_vnni"}), True),
+    (frozenset({"avx2", "avx_vnni"}), True),
+    (frozenset({"amx_int8", "amx_bf16"}), True),
+])
+def test_int8_units_are_read_from_the_cpu_flags(monkeypatch, flags, found):
+    monkeypatch.setattr(engines, "cpu_flags", lambda: flags)
+    ok, why = engines.int8_support()
+    assert ok is found
+    assert ("CPU flags" in why) if found else ("none of the integer dot-product flags" in why)
+
+
+def test_openvino_uses_every_usable_core_unpinned_and_reports_its_kernels(tiny):
+    skip_unless_runnable("openvino", "fp32")
+    model, preprocess, _, _ = tiny
+    info = engines.make_forward(model, preprocess, 4, SIZE, engine="openvino").info
+    assert info["threads"] == engines.usable_cores() and info["cpu_pinning"] is False
+    assert info["kernels"] and all(isinstance(v, int) and v > 0 for v in info["kernels"].values())
+    assert not any(k.startswith("unknown") for k in info["kernels"])
+
+
+def test_int8_is_quantised_on_the_calibration_images_cached_and_deterministic(tiny, tmp_path):
+    skip_unless_runnable("openvino", "fp32")
+    model, preprocess, images, reference = tiny
+    calibration = np.random.default_rng(1).uniform(0, 255, (9, SIZE, SIZE, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="int8 needs at least one batch"):
+        engines.make_forward(model, preprocess, 4, SIZE, engine="openvino", precision="int8")
+    folder = tmp_path / "int8"
+    fresh = engines.make_forward(model, preprocess, 4, SIZE, engine="openvino", precision="int8",
+                                 calibration=calibration, int8_dir=folder)
+    assert fresh.info["calibration_images"] == 8  # whole batches only
+    assert "saved" in fresh.info["int8_model"] and (folder / "model.xml").is_file()
+    assert any("I8" in k or "i8" in k for k in fresh.info["kernels"]), fresh.info["kernels"]
+    out = fresh(images)
+    # a different network: quantised, close to fp32 but not equal to it
+    assert not np.array_equal(out, reference) and cosines(out, reference).min() > 0.9
+    cached = engines.make_forward(model, preprocess, 4, SIZE, engine="openvino", precision="int8", int8_dir=folder)
+    assert "cached" in cached.info["int8_model"]
+    assert cached(images).tobytes() == out.tobytes() == fresh(images).tobytes()

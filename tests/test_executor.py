@@ -167,7 +167,11 @@ def test_extraction_and_clustering_on_a_cluster_equal_a_run_here(dask_cluster, d
         assert {s["worker"] for s in there["computed_by"]} <= set(cluster.workers())
         assert all(s["host"] and s["cpu"] and isinstance(s["flags"], list) for s in there["computed_by"])
         differing = {k for k in there if there[k] != local[k]}
-        assert differing <= {"executor", "computed_by", *TIMINGS}, differing
+        assert differing <= {"executor", "computed_by", "engine_choice", *TIMINGS}, differing
+        # the same path chosen for the same reason; only the decode cache is never used on a cluster
+        choice_there, choice_here = there["engine_choice"], local["engine_choice"]
+        assert {k for k in choice_here if choice_here[k] != choice_there[k]} <= {"decoded_cache"}
+        assert choice_there["decoded_cache"].startswith("not used") and choice_there["reason"] == "fp32: forced"
 
         labels = data.read_labels(labels_csv)["label"].to_numpy()
         config = clustering.load_config(PROJECT_ROOT / "config" / "clustering.yaml")

@@ -1,4 +1,4 @@
-"""Forward-pass engines: one built Keras backbone run by TensorFlow or OpenVINO, in fp32 or bf16.
+"""Forward-pass engines: one built Keras backbone run by TensorFlow or OpenVINO, in fp32, bf16 or int8.
 
 :func:`make_forward` turns a built backbone and its family's ``preprocess_input``
 into a :class:`Forward`, a callable from a batch of images (float32, 0-255,
@@ -18,19 +18,33 @@ so the preprocessing is applied identically on every path, in float32:
     The same ``tf.function`` converted by ``openvino.convert_model`` and
     compiled for the CPU with ``INFERENCE_PRECISION_HINT`` set explicitly (on
     CPUs with bf16 units OpenVINO's own default is bf16, so fp32 must be
-    asked for), one stream, latency mode, one fixed batch shape. Reruns are
-    deterministic on one machine.
+    asked for), one stream, latency mode, one fixed batch shape, and as many
+    threads as this process may use (:func:`usable_cores`), unpinned.
+    Reruns are deterministic on one machine.
+``openvino`` / ``int8``
+    The converted model quantised after training by NNCF (``nncf.quantize``,
+    its default preset) on calibration images the caller gives (the
+    pipeline: a seeded sample of the dataset's own images, no labels), then
+    compiled as above. Only OpenVINO runs it.
+
+Threads: OpenVINO's latency mode uses one thread per *physical* core and pins
+its threads. On a virtual machine whose two logical CPUs are the two hardware
+threads of one core, that is one thread against TensorFlow's two, and pinned
+threads cannot move away from a neighbour's load; this is the likeliest reason
+OpenVINO fp32 gained nothing on one such machine (not verified there: see
+the README). The threads are therefore set to the usable logical CPUs and
+pinning is turned off; ``info["threads"]`` records what OpenVINO used and
+``info["kernels"]`` the kernels it picked (e.g. ``brgconv_avx512_f32``).
 
 bf16 is offered only where the CPU has bf16 instructions (``avx512_bf16`` or
 ``amx_bf16``; for OpenVINO also its ``OPTIMIZATION_CAPABILITIES``); elsewhere
-:class:`EngineUnavailableError` says why. bf16 keeps 8 bits of mantissa: how
-far its features move from fp32 depends on the network (the benchmark,
-``python -m cxrcluster.bench``, measures it per model; MobileNetV2-0.35's
-ImageNet features fall to a cosine of 0.95 for some images), so it is never a
-default. TensorFlow fp32 is the reference and :func:`make_forward`'s default;
-OpenVINO fp32 gives the same features to about 1e-5 of the largest, faster,
-and is what the pipeline runs by default (``make``'s ``ENGINE``, notebook 02's
-``engine``).
+:class:`EngineUnavailableError` says why. int8 runs anywhere OpenVINO lists
+``INT8``, but only CPUs with integer dot-product units (:data:`INT8_CPU_FLAGS`)
+run it natively; elsewhere it is emulated with 16-bit intermediate sums that
+can saturate. How far lower precision moves the features depends on the
+network and the data: :mod:`cxrcluster.precision` chooses the path per
+machine and checks lower precision on the user's own images before using it.
+TensorFlow fp32 is the reference and :func:`make_forward`'s default.
 """
 
 from __future__ import annotations
@@ -44,10 +58,16 @@ import numpy as np
 
 #: Engines, and the precisions each runs.
 ENGINES = ("tensorflow", "openvino")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 #: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+#: CPU flags of integer dot-product units (int8 multiply, 32-bit accumulate in one instruction).
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+#: The pinned NNCF release (also in ``requirements.txt``), which quantises for OpenVINO.
+NNCF_PIN = "nncf==3.4.0"
 
 #: The pinned OpenVINO release (also in ``requirements.txt``).
 OPENVINO_PIN = "openvino==2026.4.1"
@@ -128,6 +148,15 @@ def check_engine(engine: str, precision: str) -> None:
             raise EngineUnavailableError(
                 f"precision bf16 is not available with engine {engine} on this machine: {reason}. "
                 "Use precision fp32.")
+    if precision == "int8":
+        if engine != "openvino":
+            raise EngineUnavailableError("precision int8 runs on engine openvino only (quantised by NNCF); "
+                                         f"engine {engine} runs fp32 or bf16")
+        _nncf()
+        caps = openvino_capabilities()
+        if "INT8" not in caps:
+            raise EngineUnavailableError(f"OpenVINO's CPU plugin does not list INT8 among its capabilities "
+                                         f"({', '.join(caps)}). Use precision fp32.")
 
 
 def cpu_flags() -> frozenset[str]:
@@ -158,15 +187,43 @@ def bf16_support(engine: str = "tensorflow") -> tuple[bool, str]:
     if not found:
         return False, f"the CPU has none of the bf16 instruction flags {', '.join(BF16_CPU_FLAGS)}"
     if engine == "openvino":
-        caps = _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        caps = openvino_capabilities()
         if "BF16" not in caps:
             return False, f"OpenVINO's CPU plugin does not list BF16 among its capabilities ({', '.join(caps)})"
         return True, f"CPU flags {', '.join(found)}; OpenVINO capabilities {', '.join(caps)}"
     return True, f"CPU flags {', '.join(found)}"
 
 
+def int8_support() -> tuple[bool, str]:
+    """Whether this CPU has integer dot-product units for int8, and the evidence.
+
+    int8 runs without them too (OpenVINO emulates it), but with 16-bit
+    intermediate sums that can saturate, and often no faster.
+    """
+    flags = cpu_flags()
+    if not flags:
+        return False, "cannot read the CPU flags (/proc/cpuinfo), so int8 support is unknown"
+    found = [f for f in INT8_CPU_FLAGS if f in flags]
+    if not found:
+        return False, f"the CPU has none of the integer dot-product flags {', '.join(INT8_CPU_FLAGS)}"
+    return True, f"CPU flags {', '.join(found)}"
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin reports it supports here (``OPTIMIZATION_CAPABILITIES``: FP32, BF16, INT8, ...)."""
+    return list(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def usable_cores() -> int:
+    """Logical CPUs this process may run on (its affinity mask), the thread count given to OpenVINO."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def make_forward(model, preprocess: Callable, batch_size: int, input_size: int,
-                 engine: str = "tensorflow", precision: str = "fp32") -> Forward:
+                 engine: str = "tensorflow", precision: str = "fp32", *,
+                 calibration: np.ndarray | None = None, int8_dir: str | os.PathLike | None = None) -> Forward:
     """Compile a backbone's forward pass for one engine and precision.
 
     Parameters
@@ -182,7 +239,17 @@ def make_forward(model, preprocess: Callable, batch_size: int, input_size: int,
     input_size : int
         Square input size of the model.
     engine : {"tensorflow", "openvino"}
-    precision : {"fp32", "bf16"}
+    precision : {"fp32", "bf16", "int8"}
+    calibration : numpy.ndarray, optional
+        For int8: images ``(n, input_size, input_size, 3)`` in 0-255 that NNCF
+        collects activation ranges on (whole batches of ``batch_size``; a
+        partial last batch is dropped). Not needed when ``int8_dir`` already
+        holds the quantised model.
+    int8_dir : path-like, optional
+        For int8: a folder where the quantised model is kept
+        (``model.xml``/``model.bin``); read when present, written (atomically)
+        after quantising otherwise. The caller's key to it must name
+        everything it depends on (model, weights, versions, calibration images).
 
     Returns
     -------
@@ -193,7 +260,8 @@ def make_forward(model, preprocess: Callable, batch_size: int, input_size: int,
     Raises
     ------
     ValueError
-        Unknown engine or precision, or a batch size below 1.
+        Unknown engine or precision, a batch size below 1, or int8 without
+        calibration images or a quantised model.
     EngineUnavailableError
         See :func:`check_engine`.
     """
@@ -216,7 +284,10 @@ def make_forward(model, preprocess: Callable, batch_size: int, input_size: int,
             return graph(tf.constant(x)).numpy()
 
         return Forward(engine, precision, batch_size, input_size, info, run)
-    return _openvino_forward(graph, precision, batch_size, input_size, info)
+    converted = _openvino().convert_model(graph)
+    if precision == "int8":
+        converted = _quantised(converted, calibration, batch_size, int8_dir, info)
+    return _openvino_forward(converted, precision, batch_size, input_size, info)
 
 
 def _traced(model, preprocess: Callable, batch_size: int, input_size: int, cast_output: bool):
@@ -247,15 +318,62 @@ def _mixed_bfloat16_clone(model):
     return clone
 
 
-def _openvino_forward(graph, precision: str, batch_size: int, input_size: int, info: dict) -> Forward:
+#: NNCF's settings for int8 (its defaults, named so that the provenance records them).
+INT8_SETTINGS = {"preset": "PERFORMANCE (symmetric int8 weights and activations)",
+                 "fast_bias_correction": True, "calibration": "whole batches of the calibration images"}
+
+
+def _quantised(converted, calibration: np.ndarray | None, batch_size: int, int8_dir, info: dict):
+    """The converted model quantised to int8 by NNCF, read from or saved to ``int8_dir``."""
+    import shutil
+    import tempfile
+
+    ov, nncf = _openvino(), _nncf()
+    folder = Path(int8_dir) if int8_dir is not None else None
+    info.update(quantised_by=f"nncf {nncf.__version__}", quantisation=INT8_SETTINGS)
+    if folder is not None and (folder / "model.xml").is_file() and (folder / "model.bin").is_file():
+        info["int8_model"] = f"cached in {folder}"
+        return ov.Core().read_model(folder / "model.xml")
+    if calibration is None or len(calibration) < batch_size:
+        raise ValueError(f"int8 needs at least one batch ({batch_size}) of calibration images, "
+                         f"got {0 if calibration is None else len(calibration)}")
+    whole = len(calibration) // batch_size * batch_size
+    batches = [np.ascontiguousarray(calibration[i:i + batch_size], dtype=np.float32)
+               for i in range(0, whole, batch_size)]
+    import logging
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per skipped operation otherwise
+    quantised = nncf.quantize(converted, nncf.Dataset(batches), subset_size=len(batches))
+    info.update(calibration_images=whole)
+    if folder is not None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        try:
+            ov.save_model(quantised, tmp / "model.xml", compress_to_fp16=False)
+            if folder.exists():  # another run finished first: the same model, keep theirs
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        info["int8_model"] = f"quantised and saved to {folder}"
+    else:
+        info["int8_model"] = "quantised in memory"
+    return quantised
+
+
+def _openvino_forward(converted, precision: str, batch_size: int, input_size: int, info: dict) -> Forward:
     ov = _openvino()
     core = ov.Core()
-    converted = ov.convert_model(graph)
-    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+    hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]  # int8: the rest of the graph in f32
     compiled = core.compile_model(converted, "CPU", {
         "INFERENCE_PRECISION_HINT": hint,
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": usable_cores(),
+        "ENABLE_HYPER_THREADING": True,
+        "ENABLE_CPU_PINNING": False,
     })
     used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if used != hint:  # OpenVINO falls back silently where the hint cannot be honoured
@@ -265,7 +383,9 @@ def _openvino_forward(graph, precision: str, batch_size: int, input_size: int, i
                 inference_precision=hint,
                 performance_hint="LATENCY",
                 num_streams=int(compiled.get_property("NUM_STREAMS")),
-                threads=int(compiled.get_property("INFERENCE_NUM_THREADS")))
+                threads=int(compiled.get_property("INFERENCE_NUM_THREADS")),
+                cpu_pinning=bool(compiled.get_property("ENABLE_CPU_PINNING")),
+                kernels=kernel_summary(compiled))
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -273,6 +393,34 @@ def _openvino_forward(graph, precision: str, batch_size: int, input_size: int, i
         return request.infer({0: x})[0].copy()
 
     return Forward("openvino", precision, batch_size, input_size, info, run)
+
+
+def kernel_summary(compiled) -> dict[str, int]:
+    """How many layers of a compiled OpenVINO model run on each kind of kernel, most frequent first.
+
+    Constants, inputs, outputs and reshapes (``unknown``) are left out; what
+    remains says which instruction set the heavy layers use, e.g.
+    ``brgconv_avx2_1x1_f32`` or ``brgconv_avx512_amx_bf16``.
+    """
+    from collections import Counter
+
+    kinds = Counter()
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        kind = rt["primitiveType"].astype(str) if "primitiveType" in rt else "unknown"
+        if not kind.startswith("unknown"):
+            kinds[kind] += 1
+    return dict(kinds.most_common())
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise EngineUnavailableError(
+            f"precision int8 needs the nncf package, which is not installed: pip install {NNCF_PIN} "
+            "(it is in requirements.txt; `make venv` installs it)") from None
+    return nncf
 
 
 def _openvino():

@@ -11,6 +11,7 @@ preprocessing, the engine and precision of the forward pass
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster import atomic, data, engines, executor, images, models
+from cxrcluster import atomic, data, decoded, engines, executor, images, models
+from cxrcluster import precision as precision_rule
 
 #: Version of the layout of the ``.npy`` and its sidecar.
 FORMAT_VERSION = 1
@@ -100,7 +102,8 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
                      image_names: Sequence[str] | None = None, batch_size: int = 32, workers: int = 2,
                      max_bad_fraction: float = 0.05, seed: int = 0, progress: bool = True,
                      engine: str = "tensorflow", precision: str = "fp32",
-                     cluster: executor.Cluster | None = None, shard_batches: int = SHARD_BATCHES
+                     cluster: executor.Cluster | None = None, shard_batches: int = SHARD_BATCHES,
+                     cache_dir: str | os.PathLike | None = None, n_clusters: int = 3
                      ) -> tuple[np.ndarray, dict]:
     """Run every image through a backbone and return its pooled features.
 
@@ -127,15 +130,19 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         Seed of random initialisation (``weights="none"``).
     progress : bool
         Show a progress bar with images per second.
-    engine : {"tensorflow", "openvino"}
+    engine : {"tensorflow", "openvino", "auto"}
         What runs the forward pass (:mod:`cxrcluster.engines`). The default,
         TensorFlow in fp32, is the reference: byte-identical on rerun. The
-        pipeline (``make``, notebook 02) runs OpenVINO fp32, also
-        byte-identical on rerun, within about 1e-5 of the reference and faster.
-    precision : {"fp32", "bf16"}
+        pipeline (``make``, notebook 02) runs ``auto``: the rule of
+        :mod:`cxrcluster.precision`, OpenVINO when installed.
+    precision : {"fp32", "bf16", "int8", "auto"}
         Arithmetic of the forward pass; bf16 only on CPUs with bf16
         instructions (:class:`cxrcluster.engines.EngineUnavailableError`
-        otherwise). Both are recorded in the provenance.
+        otherwise), int8 with OpenVINO only. ``auto`` tries what the CPU runs
+        natively and keeps it only if it passes the check on this dataset's
+        images (:func:`cxrcluster.precision.select`). What was used, and why,
+        is recorded in the provenance (``engine``, ``precision``,
+        ``engine_choice``).
     cluster : cxrcluster.executor.Cluster, optional
         Run on a Dask cluster (:func:`cxrcluster.executor.connect`) rather
         than in this process: the images are split into shards of
@@ -146,6 +153,13 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         CPU; the sidecar records which worker computed which rows.
     shard_batches : int
         Batches per shard on a cluster.
+    cache_dir : path-like, optional
+        Keep decoded images (:mod:`cxrcluster.decoded`), precision checks and
+        quantised models here, for the next model and the next run (the
+        pipeline: ``OUT/cache``). Not used on a cluster (workers never write
+        to ``OUT``).
+    n_clusters : int
+        Clusters of the k-means in the precision check (the dataset's classes).
 
     Returns
     -------
@@ -164,24 +178,45 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if shard_batches < 1:
         raise ValueError(f"shard_batches must be at least 1, got {shard_batches}")
-    engines.check_engine(engine, precision)  # before the model is built
+    the_plan = precision_rule.plan(engine, precision, on_cluster=cluster is not None)  # before the model is built
     names = list(image_names) if image_names is not None else [Path(p).name for p in paths]
     paths = list(paths)
     backbone = models.get_backbone(model_name)
-    settings = {"model_name": model_name, "weights": weights, "seed": seed, "engine": engine,
-                "precision": precision, "batch_size": batch_size}
     collected = _Collected(paths, names, backbone.feature_dim, max_bad_fraction)
     started = time.perf_counter()
     if cluster is None:
-        extractor = _Extractor(**settings)
-        weights_info, engine_settings, shards = extractor.weights_info, extractor.forward.info, None
+        cache = (decoded.DecodedImages(Path(cache_dir) / "decoded", paths, backbone.input_size)
+                 if cache_dir is not None else None)
+        model, weights_info = models.build_backbone(model_name, weights, seed=seed)
+
+        def sample_images(rows: Sequence[int]) -> tuple[np.ndarray, list[str | None]]:
+            if cache is not None and cache.complete():
+                return cache.take(rows)
+            parts = list(iter_batches([paths[i] for i in rows], backbone.input_size, batch_size, workers=workers))
+            return np.concatenate([b for b, _ in parts]), [e for _, errs in parts for e in errs]
+
+        forward, choice = precision_rule.select(
+            model, backbone, the_plan, paths, batch_size=batch_size, seed=seed, n_clusters=n_clusters,
+            weights_sha256=weights_info.get("weights_sha256"), sample_images=sample_images, cache_dir=cache_dir)
+        extractor = _Extractor.around(forward, weights_info, backbone.input_size, batch_size)
+        engine_settings, shards = forward.info, None
         compute_started = time.perf_counter()
         with tqdm(total=len(paths), desc=f"{model_name} features", unit="img", disable=not progress,
                   mininterval=2.0, file=sys.stdout) as bar:
-            for feats, errors in extractor.batches(paths, workers):
-                collected.add(feats, errors)
-                bar.update(len(errors))
+            # closed at once when a batch stops the run, so an unfinished cache entry is removed then
+            with contextlib.closing(extractor.batches(paths, workers, cache=cache)) as batches:
+                for feats, errors in batches:
+                    collected.add(feats, errors)
+                    bar.update(len(errors))
+        choice["decoded_cache"] = _cache_note(cache)
     else:
+        settings = {"model_name": model_name, "weights": weights, "seed": seed, "engine": the_plan.engine,
+                    "precision": the_plan.candidates[0], "batch_size": batch_size}
+        choice = {"rule": "cxrcluster.precision (README: choosing the extraction path)",
+                  "requested": the_plan.requested, "evidence": the_plan.evidence, "notes": the_plan.notes,
+                  "checks": [], "engine": settings["engine"], "precision": settings["precision"],
+                  "reason": f"{settings['precision']}: " + the_plan.notes[-1].split(": ", 1)[1],
+                  "decoded_cache": "not used (a cluster's workers never write to OUT)"}
         compute_started = started
         weights_info, engine_settings, shards = _extract_on(cluster, settings, collected, workers, shard_batches,
                                                             progress)
@@ -206,8 +241,9 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         "pooling": "global average",
         "feature_dim": backbone.feature_dim,
         "dtype": "float32",
-        "engine": engine,
-        "precision": precision,
+        "engine": choice["engine"],
+        "precision": choice["precision"],
+        "engine_choice": choice,
         "engine_settings": engine_settings,
         "batch_size": batch_size,
         "seed": seed,
@@ -262,11 +298,50 @@ class _Extractor:
         self.forward = engines.make_forward(model, backbone.preprocess_input(), batch_size, self.size,
                                             engine=engine, precision=precision)
 
-    def batches(self, paths: Sequence[Path], workers: int) -> Iterator[tuple[np.ndarray, list[str | None]]]:
-        """Features and read errors of each batch of ``paths``, in order (rows of bad images are zeros' features)."""
-        for batch, errors in iter_batches(list(paths), self.size, self.batch_size, workers=workers):
+    @classmethod
+    def around(cls, forward: engines.Forward, weights_info: dict, size: int, batch_size: int) -> _Extractor:
+        """An extractor of an already compiled forward pass."""
+        self = cls.__new__(cls)
+        self.forward, self.weights_info, self.size, self.batch_size = forward, weights_info, size, batch_size
+        return self
+
+    def batches(self, paths: Sequence[Path], workers: int, cache: decoded.DecodedImages | None = None
+                ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+        """Features and read errors of each batch of ``paths``, in order (rows of bad images are zeros' features).
+
+        With ``cache`` (for exactly ``paths``), the decoded images are read from it when it is
+        complete, and written to it while decoding otherwise.
+        """
+        for batch, errors in _decoded_batches(list(paths), self.size, self.batch_size, workers, cache):
             # pads the last batch to batch_size: one graph, one set of numerics
             yield self.forward(batch), errors
+
+
+def _decoded_batches(paths: list[Path], size: int, batch_size: int, workers: int,
+                     cache: decoded.DecodedImages | None) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+    """:func:`iter_batches`, through the decode cache when there is one."""
+    if cache is not None and cache.complete():
+        for start in range(0, len(paths), batch_size):
+            yield cache.rows(start, min(start + batch_size, len(paths)))
+        return
+    writer = cache.writer() if cache is not None else None
+    try:
+        for batch, errors in iter_batches(paths, size, batch_size, workers=workers):
+            if writer is not None:
+                writer.add(batch, errors)
+            yield batch, errors
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if writer is not None:
+        writer.finish()
+
+
+def _cache_note(cache: decoded.DecodedImages | None) -> str:
+    if cache is None:
+        return "not used"
+    return f"{cache.array_path.name} in {cache.root}" if cache.complete() else "not written"
 
 
 _WORKER_EXTRACTOR: dict = {}
@@ -472,12 +547,13 @@ def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, 
     Other keyword arguments go to :func:`extract_features`. Returns what
     :func:`extract_features` returns.
     """
-    engines.check_engine(engine, precision)
+    precision_rule.plan(engine, precision, on_cluster=kwargs.get("cluster") is not None)
     labels = data.read_labels(labels_csv)
     paths = data.resolve_image_paths(labels, data_dir)
     if kwargs.get("cluster") is not None:  # the workers read the images themselves: can they?
         weights_file = [weights] if Path(weights).is_file() else []
         executor.check_readable(kwargs["cluster"].client, [data_dir, *paths[:1], *paths[-1:], *weights_file])
+    kwargs.setdefault("n_clusters", max(2, labels["label"].nunique()))
     X, provenance = extract_features(paths, model_name, weights, image_names=list(labels["image_name"]),
                                      engine=engine, precision=precision, **kwargs)
     provenance["labels_sha256"] = data.labels_fingerprint(labels["image_name"], labels["label"])

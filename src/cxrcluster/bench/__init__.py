@@ -6,7 +6,7 @@ writes ``<out>.md`` (the report, with the machine's description) and
 atomically (``<out>/benchmarks.md`` and ``.csv`` when ``<out>`` is a folder),
 and prints its progress as it goes. ``--help`` lists the options.
 
-The package is in seven modules, and every public name below is re-exported
+The package is in eight modules, and every public name below is re-exported
 here, so ``from cxrcluster import bench; bench.targets(...)`` works:
 
 - :mod:`~cxrcluster.bench.extraction`: every extraction path of every model
@@ -14,7 +14,11 @@ here, so ``from cxrcluster import bench; bench.targets(...)`` works:
   (:func:`bench_extraction`, :func:`bench_decoding`); fidelity to the fp32
   reference (:func:`fidelity`, :func:`centred_cosine`); :data:`PATHS`,
   :data:`PATH_ORDER`, :data:`REFERENCE`, :data:`PIPELINE_DEFAULT` and
-  :data:`BASELINE_BATCH_SIZE`.
+  :data:`BASELINE_BATCH_SIZE`; ``MODELS=all`` extraction with and without
+  the decode cache (:func:`bench_decode_cache`).
+- :mod:`~cxrcluster.bench.gemm`: the machine's fp32 and int8 matrix-multiply
+  throughput (:func:`bench_gemm`) and a backbone's operations per image
+  (:func:`model_flops`), for the share of the machine a path reaches.
 - :mod:`~cxrcluster.bench.memory`: clustering timed per algorithm and size,
   each in a child process under a time cap and an address-space cap whose peak
   resident memory is watched, then the whole suite (:func:`bench_clustering`);
@@ -49,11 +53,13 @@ from cxrcluster.bench.extraction import (
     PATHS,
     PIPELINE_DEFAULT,
     REFERENCE,
+    bench_decode_cache,
     bench_decoding,
     bench_extraction,
     centred_cosine,
     fidelity,
 )
+from cxrcluster.bench.gemm import bench_gemm, model_flops
 from cxrcluster.bench.machine import THREAD_ENV, describe_machine
 from cxrcluster.bench.memory import SUITE_N, bench_clustering, synthetic_features
 from cxrcluster.bench.progress import log
@@ -75,9 +81,12 @@ __all__ = [
     "SUITE_N",
     "THREAD_ENV",
     "bench_clustering",
+    "bench_decode_cache",
     "bench_decoding",
+    "bench_gemm",
     "bench_extraction",
     "centred_cosine",
+    "model_flops",
     "default_data_dir",
     "describe_machine",
     "fidelity",

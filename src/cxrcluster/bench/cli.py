@@ -20,7 +20,14 @@ import numpy as np
 
 from cxrcluster import data, demo, models
 from cxrcluster.bench.executors import bench_executors
-from cxrcluster.bench.extraction import PATHS, PIPELINE_DEFAULT, bench_extraction, choose_weights
+from cxrcluster.bench.extraction import (
+    PATHS,
+    PIPELINE_DEFAULT,
+    bench_decode_cache,
+    bench_extraction,
+    choose_weights,
+)
+from cxrcluster.bench.gemm import bench_gemm
 from cxrcluster.bench.machine import describe_machine
 from cxrcluster.bench.memory import SUITE_N, _cluster_worker, bench_clustering
 from cxrcluster.bench.progress import log
@@ -69,8 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, help="timed rounds per path; the median is reported (default 3)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="decoding threads (default %(default)s)")
-    parser.add_argument("--pipeline-default", default=PIPELINE_DEFAULT, choices=list(PATHS),
-                        help="the path make runs, ENGINE-PRECISION (default %(default)s, the Makefile's)")
+    parser.add_argument("--pipeline-default", default=PIPELINE_DEFAULT, choices=["auto", *PATHS],
+                        help="the path make runs, ENGINE-PRECISION, or auto: the rule of cxrcluster.precision "
+                             "(default %(default)s, the Makefile's)")
+    parser.add_argument("--cache-models", nargs="+",
+                        help="models extracted in turn without and with the decode cache (default: all; "
+                             "with --quick the benchmarked models)")
     parser.add_argument("--sizes", type=int, nargs="+", help="clustering sizes (default 1000 5000 20000 50000)")
     parser.add_argument("--suite-n", type=int, help=f"size of the whole-suite run (default {SUITE_N}; 0: none)")
     parser.add_argument("--time-cap", type=float, default=None,
@@ -81,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--places", nargs="*",
                         help="where to run extraction and the suite, compared with this process: local:N or a "
                              "scheduler's address (default: local:2; none with --quick)")
-    parser.add_argument("--skip", choices=["extraction", "clustering", "executors"], action="append", default=[],
+    parser.add_argument("--skip", choices=["extraction", "gemm", "decode-cache", "clustering", "executors"],
+                        action="append", default=[],
                         help="leave a part out (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 8 images, one round, clustering at n = 200 and 400, suite at 300")
@@ -116,6 +128,15 @@ def main(argv: list[str] | None = None) -> None:
         rows += bench_extraction(paths, model_names, weights=args.weights, repeats=repeats,
                                  batch_size=args.batch_size, workers=args.workers,
                                  pipeline_default=args.pipeline_default)
+    if "gemm" not in args.skip:
+        rows += bench_gemm()
+    if "decode-cache" not in args.skip:
+        paths = select_images(data_dir, limit)
+        cache_models = models.expand_models(args.cache_models or (model_names if quick else ["all"]))
+        log(f"decode cache: {len(cache_models)} models on {len(paths)} images, without and with the cache")
+        engine, _, precision = args.pipeline_default.partition("-")
+        rows += bench_decode_cache(paths, cache_models, weights=args.weights, batch_size=args.batch_size,
+                                   workers=args.workers, engine=engine, precision_=precision or engine)
     if "clustering" not in args.skip:
         rows += bench_clustering(resolve(args.config), sizes, time_cap=time_cap, suite_n=suite_n or None,
                                  suite_time_cap=max(600.0, time_cap), algorithms=args.algorithms)

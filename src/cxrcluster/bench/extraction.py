@@ -9,22 +9,28 @@ interleaved rounds so that a change in the machine's load hits them all):
   resize, ``x / 255``, no ``preprocess_input``, ``model.predict`` in batches of
   16, fp32, loading and inference in turn;
 * ``tensorflow-fp32``, ``tensorflow-bf16``, ``openvino-fp32``,
-  ``openvino-bf16``: exactly the loop of
+  ``openvino-bf16``, ``openvino-int8`` (NNCF, calibrated on the seeded
+  calibration sample of :func:`cxrcluster.precision.sample_rows` of the same
+  images): exactly the loop of
   :func:`cxrcluster.features.extract_features` (decoding in a thread pool a
   few batches ahead, :func:`cxrcluster.engines.make_forward` for the engine and
   precision). ``tensorflow-fp32`` is ``extract_features``' own default and the
   fp32 reference; its features of the first two batches are checked byte for
   byte against a call of ``extract_features`` itself. bf16 rows say why when
   the CPU has no bf16. ``--pipeline-default`` names the path ``make`` runs by
-  default (its ``ENGINE`` and ``PRECISION``, ``openvino-fp32``), which the
-  targets judge as the project's default path.
+  default (its ``ENGINE`` and ``PRECISION``): ``auto`` applies the rule of
+  :mod:`cxrcluster.precision` to this machine and these images, check
+  included, and marks the path it chooses; the targets judge that path as
+  the project's default.
 
 Each path is warmed up (graphs traced and compiled on one batch), then timed
 over every image ``repeats`` times; the median is reported, and the speed-up
 is the median over rounds of the ratio to the baseline of the same round (on
 a shared machine the load can change between rounds). Fidelity is
 measured against the fp32 reference: the smallest per-image cosine similarity
-and the largest per-image error relative to the image's largest feature. The
+and the largest per-image error relative to the image's largest feature, the
+smallest and median centred cosines, and the agreement of a k-means clustering
+of both (:func:`cxrcluster.precision.fidelity`: ARI and matched change). The
 baseline feeds other inputs (x / 255, nearest resize, no
 ``preprocess_input``), so its features are not comparable and are not scored.
 
@@ -54,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster import engines, features, models
+from cxrcluster import engines, features, models, precision
 from cxrcluster.bench.progress import log
 
 BASELINE_BATCH_SIZE = 16
@@ -66,14 +72,15 @@ PATHS: dict[str, tuple[str, str]] = {
     "tensorflow-bf16": ("tensorflow", "bf16"),
     "openvino-fp32": ("openvino", "fp32"),
     "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
 }
 PATH_ORDER = ("baseline", *PATHS)
 REFERENCE = "tensorflow-fp32"
 """The fp32 reference every path is compared with: ``extract_features``' default."""
 
 #: The path the pipeline runs by default: the Makefile's ``ENGINE``-``PRECISION`` (``make bench``
-#: passes them; this is for direct calls).
-PIPELINE_DEFAULT = "openvino-fp32"
+#: passes them; this is for direct calls). ``auto``: the rule of :mod:`cxrcluster.precision`.
+PIPELINE_DEFAULT = "auto"
 
 
 def fidelity(features_: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -206,8 +213,10 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
             warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
             model, _ = models.build_backbone(name, used_weights)
         preprocess = backbone.preprocess_input()
+        from cxrcluster.bench.gemm import model_flops
+
         common = {"section": "extraction", "model": name, "weights": used_weights, "input_size": size,
-                  "images": len(paths), "repeats": repeats}
+                  "images": len(paths), "repeats": repeats, "gflop_per_image": round(model_flops(model) / 1e9, 4)}
 
         runners: dict[str, Callable[[], tuple[np.ndarray, float | None]]] = {}
         notes: dict[str, str] = {}
@@ -218,16 +227,28 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
         notes["baseline"] = f"setup {time.perf_counter() - start:.1f} s"
         runners["baseline"] = lambda run=baseline: (run(paths), None)
         skipped: dict[str, str] = {}
-        for path, (engine, precision) in PATHS.items():
+
+        def decode(rows, n=size):
+            parts = list(features.iter_batches([paths[i] for i in rows], n, batch_size, workers=workers))
+            return np.concatenate([b for b, _ in parts]), [e for _, errs in parts for e in errs]
+
+        calibration_rows, _ = precision.sample_rows(len(paths), seed=0)
+        for path, (engine, precision_) in PATHS.items():
             start = time.perf_counter()
             try:
-                forward = engines.make_forward(model, preprocess, batch_size, size, engine, precision)
-            except engines.EngineUnavailableError as exc:
+                calibration = decode(calibration_rows)[0] if precision_ == "int8" else None
+                forward = engines.make_forward(model, preprocess, batch_size, size, engine, precision_,
+                                               calibration=calibration)
+                if precision_ == "int8":
+                    notes[path] = f"calibrated on {forward.info['calibration_images']} images; "
+            except (engines.EngineUnavailableError, ValueError) as exc:
                 skipped[path] = str(exc)
                 log(f"{name}: {path} skipped: {exc}")
                 continue
             forward(np.zeros((1, size, size, 3), np.float32))  # compile / first inference
-            notes[path] = f"setup {time.perf_counter() - start:.1f} s"
+            kernels = ", ".join(f"{k} {v}" for k, v in list(forward.info.get("kernels", {}).items())[:3])
+            notes[path] = (notes.get(path, "") + f"setup {time.perf_counter() - start:.1f} s"
+                           + (f"; {forward.info['threads']} threads, kernels {kernels}" if kernels else ""))
             runners[path] = lambda f=forward, s=size: _run_loop(f, paths, s, batch_size, workers)
 
         times: dict[str, list[float]] = {p: [] for p in runners}
@@ -264,12 +285,19 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
                              else "; DIFFERS from features.extract_features")
         notes["baseline"] += f"; highest 1-min load average during the rounds {highest_load:.2f}"
         roles = {"baseline": "original study", REFERENCE: "fp32 reference, extract_features default"}
-        roles[pipeline_default] = ", ".join(filter(None, [roles.get(pipeline_default), "make default"]))
+        default_path, default_note = pipeline_default, "make default"
+        if pipeline_default == precision.AUTO:
+            log(f"{name}: applying the rule (cxrcluster.precision) to this machine and these images")
+            _, record = precision.select(model, backbone, precision.plan(), paths, batch_size=batch_size, seed=0,
+                                         n_clusters=3, weights_sha256=None, sample_images=decode, cache_dir=None)
+            default_path = f"{record['engine']}-{record['precision']}"
+            default_note = f"make default (rule: {record['reason']})"
+        roles[default_path] = ", ".join(filter(None, [roles.get(default_path), default_note]))
 
         reference = first[REFERENCE]
         for path in PATH_ORDER:
-            engine, precision = PATHS.get(path, ("keras predict", "fp32"))
-            row = {**common, "path": path, "engine": engine, "precision": precision, "role": roles.get(path, ""),
+            engine, precision_ = PATHS.get(path, ("keras predict", "fp32"))
+            row = {**common, "path": path, "engine": engine, "precision": precision_, "role": roles.get(path, ""),
                    "batch_size": BASELINE_BATCH_SIZE if path == "baseline" else batch_size}
             if path in skipped:
                 rows.append({**row, "status": "skipped", "note": skipped[path]})
@@ -291,6 +319,11 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
                 cos, rel = fidelity(first[path], reference)
                 row.update(min_cosine=round(cos, 6), max_rel_error=float(f"{rel:.3g}"),
                            min_centred_cosine=round(centred_cosine(first[path], reference), 6))
+                if len(paths) > 3:
+                    agree = precision.fidelity(reference, first[path], n_clusters=3, seed=0)
+                    row.update(median_centred_cosine=agree["median_centred_cosine"],
+                               kmeans_ari=agree["kmeans_ari"], kmeans_matched_change=agree["kmeans_matched_change"],
+                               passes_check=agree["passed"])
             rows.append(row)
         del model, runners, first
         keras.backend.clear_session()
@@ -321,3 +354,64 @@ def bench_decoding(paths: Sequence[Path], size: int, *, repeats: int = 3, batch_
             "images": len(paths), "repeats": repeats, "seconds": round(seconds, 3),
             "images_per_s": round(len(paths) / seconds, 2), "status": "ok",
             "note": f"images.load_image in {workers} threads (features.iter_batches), no model"}
+
+
+def bench_decode_cache(paths: Sequence[Path], model_names: Sequence[str], *, weights: str = "auto",
+                       batch_size: int = 32, workers: int = 2, engine: str = "auto", precision_: str = "auto",
+                       ) -> list[dict]:
+    """``MODELS=all``-style extraction of the same images, every model in turn, without and with the decode cache.
+
+    Both runs go through :func:`cxrcluster.features.extract_features` as
+    notebook 02 does (the cache one with a fresh ``cache_dir``, which the first
+    model of each input size fills); their features are compared byte for byte.
+
+    Returns
+    -------
+    list of dict
+        Two rows of the ``decode-cache`` section: total seconds of each run,
+        per-model seconds in the note.
+    """
+    import shutil
+    import tempfile
+
+    import keras
+
+    totals, per_model, outputs = {}, {}, {}
+    scratch = Path(tempfile.mkdtemp(prefix="cxr-decode-cache-"))
+    try:
+        for mode in ("without cache", "with cache"):
+            cache_dir = scratch / "cache" if mode == "with cache" else None
+            totals[mode], per_model[mode] = 0.0, []
+            for name in model_names:
+                used = choose_weights(name, weights)
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+                    out, _ = features.extract_features(paths, name, used, batch_size=batch_size, workers=workers,
+                                                       progress=False, engine=engine, precision=precision_,
+                                                       cache_dir=cache_dir, max_bad_fraction=1.0)
+                seconds = time.perf_counter() - start
+                totals[mode] += seconds
+                per_model[mode].append(f"{name} {seconds:.1f} s")
+                identical = outputs.setdefault(name, out).tobytes() == out.tobytes()
+                outputs[name + mode] = identical
+                log(f"decode cache, {mode}: {name} {seconds:.1f} s" + ("" if identical else " (features DIFFER)"))
+                keras.backend.clear_session()
+                gc.collect()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    same = all(outputs[name + "with cache"] for name in model_names)
+    sizes = sorted({models.get_backbone(n).input_size for n in model_names})
+    rows = []
+    for mode in ("without cache", "with cache"):
+        note = "; ".join(per_model[mode])
+        if mode == "with cache":
+            note = (("features byte-identical to the run without; " if same else "features DIFFER; ")
+                    + f"images decoded once per input size ({', '.join(map(str, sizes))} px); " + note)
+        rows.append({"section": "decode-cache", "path": mode, "engine": engine, "precision": precision_,
+                     "model": f"{len(model_names)} models", "images": len(paths), "batch_size": batch_size,
+                     "seconds": round(totals[mode], 2), "images_per_s": round(len(paths) / totals[mode] *
+                                                                              len(model_names), 2),
+                     "speedup_vs_baseline": round(totals["without cache"] / totals[mode], 3),
+                     "status": "ok", "note": note})
+    return rows

@@ -22,13 +22,16 @@ from cxrcluster.bench.targets import targets
 CSV_COLUMNS = [
     "section", "model", "weights", "path", "engine", "precision", "role", "input_size", "batch_size", "images",
     "repeats", "seconds", "images_per_s", "speedup_vs_baseline", "forward_images_per_s", "cpu_s_per_image",
-    "min_cosine", "min_centred_cosine", "max_rel_error", "deterministic", "algorithm", "n", "cpu_s", "peak_rss_mib", "subsample",
-    "status", "note",
+    "min_cosine", "min_centred_cosine", "max_rel_error", "median_centred_cosine", "kmeans_ari",
+    "kmeans_matched_change", "passes_check", "deterministic", "algorithm", "n", "cpu_s", "peak_rss_mib",
+    "subsample", "gflops", "gflop_per_image", "status", "note",
 ]
 """Columns of ``<out>.csv``. ``section`` is ``extraction``, ``decoding``,
 ``clustering`` (one algorithm, one ``n``), ``suite`` (the whole suite, and
 its algorithms' fit times) or ``executor`` (extraction and the suite in this
-process and on a local Dask cluster: ``path`` is where, ``algorithm`` the part); columns that do not apply to a section are empty.
+process and on a local Dask cluster: ``path`` is where, ``algorithm`` the part), ``gemm`` (the
+machine's matrix-multiply GFLOP/s per precision) or ``decode-cache`` (every model in turn without and
+with the decode cache); columns that do not apply to a section are empty.
 ``role`` marks the original study's pipeline, the fp32 reference
 (``extract_features``' default) and the path ``make`` runs by default."""
 
@@ -76,19 +79,21 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
     if not ext.empty:
         lines += ["## Feature extraction", "", data_note, "",
                   "| model | weights | path | role | images/s | × baseline | forward images/s "
-                  "| min cosine vs fp32 | centred | max rel. error | rerun identical | note |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+                  "| min cosine vs fp32 | centred (min / median) | k-means ARI (matched change) | max rel. error "
+                  "| rerun identical | note |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for _, r in ext.iterrows():
             if r["status"] != "ok":
                 lines.append(f"| {r['model']} | {r['weights']} | {r['path']} | {_fmt(r['role'])} "
-                             f"| — | — | — | — | — | — | — | {r['status']}: {r['note']} |")
+                             f"| — | — | — | — | — | — | — | — | {r['status']}: {r['note']} |")
                 continue
             det = "yes" if r["deterministic"] is True else ("no" if r["deterministic"] is False else "—")
             lines.append(
                 f"| {r['model']} | {r['weights']} | {r['path']} | {_fmt(r['role'])} "
                 f"| {_fmt(r['images_per_s'], '.1f')} | {_fmt(r['speedup_vs_baseline'], '.2f')} "
                 f"| {_fmt(r['forward_images_per_s'], '.1f')} | {_fmt(r['min_cosine'], '.6f')} "
-                f"| {_fmt(r['min_centred_cosine'], '.4f')} | {_fmt(r['max_rel_error'], '.2g')} | {det} "
+                f"| {_fmt(r['min_centred_cosine'], '.4f')} / {_fmt(r['median_centred_cosine'], '.4f')} "
+                f"| {_kmeans_cell(r)} | {_fmt(r['max_rel_error'], '.2g')} | {det} "
                 f"| {r['note']} |")
         lines += [
             "",
@@ -101,6 +106,10 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
             "*centred*: the least cosine after subtracting the fp32 features' mean image from both, which "
             "compares only what tells images apart (an untrained network's features of different images "
             "can have cosines near 0.995 to each other, which makes plain cosines flatter it). "
+            "*k-means ARI*: k-means (3 clusters, PCA 50, seeded) of the path's features against the same "
+            "on fp32's, with the percentage of images whose cluster differs after matching; ✓ marks a path "
+            "that passes the pipeline's check (ARI >= 0.98 and median centred cosine >= 0.99, "
+            "`cxrcluster.precision`). *role*: the path `make` runs by default on this machine, and why. "
             "*baseline*: `tf.keras.preprocessing.image.ImageDataGenerator(rescale=1/255)` "
             "(Keras 3 still ships it as a legacy class) with `model.predict`, batch 16: the original study's "
             "pipeline, with other inputs, so it is not scored. Random weights (`none`) time the architecture "
@@ -108,6 +117,29 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
             "untrained network, not of the ImageNet one.",
             "",
         ]
+    gemm = frame[frame["section"] == "gemm"]
+    if not gemm.empty:
+        lines += ["## Matrix-multiply throughput and the share of it extraction reaches", "",
+                  f"One {int(gemm['n'].iloc[0])}×{int(gemm['n'].iloc[0])}×{int(gemm['n'].iloc[0])} product "
+                  "through OpenVINO with extraction's settings, median of the rounds (2 operations per "
+                  "multiply-add).", "", "| precision | GFLOP/s | note |", "|---|---:|---|"]
+        for _, r in gemm.iterrows():
+            lines.append(f"| {r['precision']} | {r['gflops']:.0f} | {r['note']} |")
+        shares = share_of_gemm(frame)
+        if shares:
+            lines += ["", "| model | path | GFLOP per image | forward images/s | GFLOP/s reached | share of GEMM |",
+                      "|---|---|---:|---:|---:|---:|"]
+            lines += [f"| {m} | {p} | {g:.3f} | {ips:.1f} | {g * ips:.0f} | {share:.0%} |"
+                      for m, p, g, ips, share in shares]
+        lines.append("")
+    cache = frame[frame["section"] == "decode-cache"]
+    if not cache.empty:
+        lines += ["## Decode once: every model in turn, without and with the decode cache", "",
+                  "| run | images | seconds | × without | note |", "|---|---:|---:|---:|---|"]
+        for _, r in cache.iterrows():
+            lines.append(f"| {r['path']} ({r['model']}) | {int(r['images'])} | {r['seconds']:.1f} "
+                         f"| {r['speedup_vs_baseline']:.2f} | {r['note']} |")
+        lines.append("")
     dec = frame[frame["section"] == "decoding"]
     if not dec.empty:
         lines += ["## Input decoding", "", "| input size | images/s | note |", "|---:|---:|---|"]
@@ -162,6 +194,27 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
     with atomic.atomic_open(md_path, "w") as fh:
         fh.write("\n".join(lines))
     return md_path, csv_path
+
+
+def share_of_gemm(frame: pd.DataFrame) -> list[tuple[str, str, float, float, float]]:
+    """Per model, the default path's forward GFLOP/s as a share of the measured GEMM of its precision."""
+    gemm = frame[frame["section"] == "gemm"].set_index("precision")["gflops"]
+    ext = frame[(frame["section"] == "extraction") & (frame["status"] == "ok")]
+    out = []
+    for _, r in ext[ext["role"].fillna("").str.contains("make default")].iterrows():
+        gflop = r.get("gflop_per_image")
+        peak = gemm.get(r["precision"], gemm.get("fp32"))
+        if pd.notna(gflop) and peak and pd.notna(r["forward_images_per_s"]):
+            out.append((r["model"], r["path"], gflop, float(r["forward_images_per_s"]),
+                        gflop * float(r["forward_images_per_s"]) / float(peak)))
+    return out
+
+
+def _kmeans_cell(r: pd.Series) -> str:
+    if pd.isna(r.get("kmeans_ari")):
+        return "—"
+    mark = " ✓" if r.get("passes_check") is True else ""
+    return f"{r['kmeans_ari']:.4f} ({r['kmeans_matched_change']:.1f} %){mark}"
 
 
 def _cluster_cell(r: pd.Series) -> str:

@@ -53,6 +53,14 @@ def targets(frame: pd.DataFrame, budget_gib: float = 8.0) -> list[tuple[str, str
             speed = float(row["speedup_vs_baseline"])
             out.append((f"{name}: default path >= 1.25x the baseline ({row['path']}, the pipeline's default)",
                         f"{speed:.2f}x", _verdict(speed >= 1.25)))
+            if row["precision"] in ("bf16", "int8"):  # lower precision passed the check: it must pay for itself
+                ari = row.get("kmeans_ari")
+                measured = f"{speed:.2f}x, k-means ARI to fp32 {ari:.4f}" if pd.notna(ari) else f"{speed:.2f}x"
+                verdict = _verdict(speed >= 2.5 and pd.notna(ari) and ari >= 0.98)
+                if verdict == "met" and weights == "none":
+                    verdict = "fast enough; fidelity unverified (random weights)"
+                out.append((f"{name}: default path in {row['precision']} >= 2.5x the baseline with k-means ARI "
+                            ">= 0.98 to fp32", measured, verdict))
         fastest = m[m["path"] != "baseline"]["forward_images_per_s"].max()
         decode = frame[(frame["section"] == "decoding") & (frame["input_size"] == m["input_size"].iloc[0])]
         if not decode.empty and fastest and not np.isnan(fastest):
