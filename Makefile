@@ -316,7 +316,7 @@ lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel
 .PHONY: clean
 clean: ## delete every output of the pipeline under OUT (keeps .venv and the demo data)
 	rm -rf $(addprefix $(OUT)/,original_labels.csv features results clustering_results.csv label_drift.csv label_issues.csv \
-	    classification_results.csv reports masked .make)
+	    classification_results.csv reports masked .make cache)
 	find $(OUT)/clustering_labels -name '*.csv' -delete 2>/dev/null || true
 
 .PHONY: distclean

@@ -158,8 +158,9 @@ def test_quick_run_writes_the_csv_with_every_path_and_size(quick_report):
                                                                                                     "note"]
         assert -1 <= ext.loc["openvino-int8", "median_centred_cosine"] <= 1
         gemm = frame[frame["section"] == "gemm"].set_index("precision")
-        assert list(gemm.index) == ["fp32", "int8"] and (gemm["gflops"] > 1).all()
-        assert ("native" if engines.int8_support()[0] else "emulated") in gemm.loc["int8", "note"]
+        assert list(gemm.index) == ["fp32"] * 2 + ["int8"] * 2 and (gemm["gflops"] > 1).all()
+        assert list(gemm["algorithm"]) == ["matmul", "conv3x3"] * 2
+        assert ("native" if engines.int8_support()[0] else "emulated") in gemm.loc["int8", "note"].iloc[0]
     assert ext["gflop_per_image"].iloc[0] == pytest.approx(0.116, abs=0.002)  # MobileNetV2-0.35 at 224 px
     cache = frame[frame["section"] == "decode-cache"].set_index("path")
     assert list(cache.index) == ["without cache", "with cache"] and (cache["seconds"] > 0).all()

@@ -43,19 +43,28 @@ def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
     print(f"KMeans on the real sample: matched change {kmeans['label_percentage_change']:.1f}%, "
           f"raw change {kmeans['raw_label_change']:.1f}%, ARI {kmeans['ari']:.3f}, NMI {kmeans['nmi']:.3f}")
     assert kmeans["status"] == "ok"
-    # the README's figures; a borderline image or two may move with the CPU's last bits
-    assert kmeans["label_percentage_change"] == pytest.approx(KMEANS["change"], abs=1.0)
-    assert kmeans["raw_label_change"] == pytest.approx(KMEANS["raw"], abs=1.0)
-    assert kmeans["ari"] == pytest.approx(KMEANS["ari"], abs=0.02)
-    assert kmeans["nmi"] == pytest.approx(KMEANS["nmi"], abs=0.02)
-    assert kmeans["chance_label_change"] == pytest.approx(KMEANS["chance"], abs=1.5)
+    # the README's figures are fp32's; where the rule chose bf16 or int8 on this CPU, that path passed
+    # the check against fp32 on these images (k-means ARI >= 0.98), so a few more images may move
+    sidecar = json.loads((tmp_path / "features" / "MobileNetV2-0.35.json").read_text())
+    chosen = sidecar["engine_choice"]
+    print(f"extraction path: {chosen['engine']} {chosen['precision']} ({chosen['reason']})")
+    lower = chosen["precision"] != "fp32"
+    if lower:
+        assert chosen["checks"][-1]["passed"] and chosen["checks"][-1]["kmeans_ari"] >= 0.98
+    wide = 3.0 if lower else 1.0
+    # a borderline image or two may move with the CPU's last bits
+    assert kmeans["label_percentage_change"] == pytest.approx(KMEANS["change"], abs=wide)
+    assert kmeans["raw_label_change"] == pytest.approx(KMEANS["raw"], abs=wide)
+    assert kmeans["ari"] == pytest.approx(KMEANS["ari"], abs=0.02 * wide)
+    assert kmeans["nmi"] == pytest.approx(KMEANS["nmi"], abs=0.02 * wide)
+    assert kmeans["chance_label_change"] == pytest.approx(KMEANS["chance"], abs=1.5 * wide)
     rows = results.set_index("clustering")
     # what the defaults were chosen for: Ward near KMeans, density methods finding groups or saying why
-    assert abs(rows.loc["AgglomerativeWard", "label_percentage_change"] - kmeans["label_percentage_change"]) <= 2
+    assert abs(rows.loc["AgglomerativeWard", "label_percentage_change"] - kmeans["label_percentage_change"]) <= 2 * wide
     for name in ("DBSCAN", "OPTICS", "HDBSCAN", "MeanShift"):
         assert rows.loc[name, "n_clusters"] >= 2 or rows.loc[name, "status"].startswith("degenerate: "), name
     probe = pd.read_csv(tmp_path / "classification_results.csv").set_index("model").loc["MobileNetV2-0.35"]
-    assert probe["accuracy_mean"] == pytest.approx(0.913, abs=0.01)
+    assert probe["accuracy_mean"] == pytest.approx(0.913, abs=0.01 * wide)
     for row in results[results["status"] == "ok"].itertuples():
         table = pd.read_csv(tmp_path / "clustering_labels" / f"{row.model}_{row.clustering}.csv")
         assert len(table) == 300
