@@ -6,7 +6,10 @@ row, filled with NaN, and is named with its reason in the JSON sidecar
 ``features/<Model>.json``; clustering drops those rows and says how many. The
 sidecar also records the model, weights (and their SHA-256), input size,
 preprocessing, the engine and precision of the forward pass
-(:mod:`cxrcluster.engines`), library versions, image count and time taken.
+(:mod:`cxrcluster.engines`) and why they were chosen (``engine_choice``,
+:mod:`cxrcluster.precision`), library versions, image count and time taken.
+With a ``cache_dir``, decoded images are kept for the next model
+(:mod:`cxrcluster.decoded`).
 """
 
 from __future__ import annotations
