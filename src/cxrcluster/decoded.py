@@ -56,6 +56,17 @@ def _decoder_versions() -> dict:
     return versions
 
 
+def stamp_files(digest, paths: Sequence[str | os.PathLike]) -> None:
+    """Feed each file's absolute path, size and modification time to ``digest`` (any change to the data changes it)."""
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError as exc:
+            stamp = f"unreadable:{type(exc).__name__}"
+        digest.update(f"{os.path.abspath(p)}\0{stamp}\n".encode())
+
+
 class DecodedImages:
     """The decoded inputs of one list of images at one input size, in a cache folder.
 
@@ -85,13 +96,7 @@ class DecodedImages:
         digest = hashlib.sha256()
         digest.update(json.dumps({"format": FORMAT_VERSION, "size": self.size, "max_pixels": self.max_pixels,
                                   "versions": _decoder_versions()}, sort_keys=True).encode())
-        for p in self.paths:
-            try:
-                st = p.stat()
-                stamp = f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError as exc:
-                stamp = f"unreadable:{type(exc).__name__}"
-            digest.update(f"{os.path.abspath(p)}\0{stamp}\n".encode())
+        stamp_files(digest, self.paths)
         return digest.hexdigest()
 
     @property

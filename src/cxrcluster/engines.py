@@ -363,18 +363,17 @@ def _quantised(converted, calibration: np.ndarray | None, batch_size: int, int8_
     return quantised
 
 
+def openvino_config(hint: str) -> dict:
+    """OpenVINO's CPU settings for extraction: ``hint`` precision, one stream, every usable core, unpinned."""
+    return {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": usable_cores(), "ENABLE_HYPER_THREADING": True, "ENABLE_CPU_PINNING": False}
+
+
 def _openvino_forward(converted, precision: str, batch_size: int, input_size: int, info: dict) -> Forward:
     ov = _openvino()
     core = ov.Core()
     hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]  # int8: the rest of the graph in f32
-    compiled = core.compile_model(converted, "CPU", {
-        "INFERENCE_PRECISION_HINT": hint,
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": "1",
-        "INFERENCE_NUM_THREADS": usable_cores(),
-        "ENABLE_HYPER_THREADING": True,
-        "ENABLE_CPU_PINNING": False,
-    })
+    compiled = core.compile_model(converted, "CPU", openvino_config(hint))
     used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if used != hint:  # OpenVINO falls back silently where the hint cannot be honoured
         raise EngineUnavailableError(f"OpenVINO compiled the model in {used}, not {hint} as asked")

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrcluster import atomic, engines
+from cxrcluster import atomic, decoded, engines
 
 #: Requested values that apply the rule.
 AUTO = "auto"
@@ -252,13 +252,7 @@ def _cache_key(**parts) -> str:
 def dataset_key(paths: Sequence[os.PathLike | str]) -> str:
     """A SHA-256 of the image paths, sizes and modification times (changes when the data does)."""
     digest = hashlib.sha256()
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError as exc:
-            stamp = type(exc).__name__
-        digest.update(f"{os.path.abspath(p)}\0{stamp}\n".encode())
+    decoded.stamp_files(digest, paths)
     return digest.hexdigest()
 
 

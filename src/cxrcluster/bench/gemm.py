@@ -68,10 +68,7 @@ def bench_gemm(precisions: tuple[str, ...] = ("fp32", "int8"), n: int = GEMM_N, 
             native, why = engines.int8_support()
             note = ("native: " if native else "emulated (no integer dot-product units): ") + why
         hint = "bf16" if precision == "bf16" else "f32"
-        compiled = ov.Core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-            "INFERENCE_NUM_THREADS": engines.usable_cores(), "ENABLE_HYPER_THREADING": True,
-            "ENABLE_CPU_PINNING": False})
+        compiled = ov.Core().compile_model(model, "CPU", engines.openvino_config(hint))
         request = compiled.create_infer_request()
         request.infer({0: x})
         times = []
