@@ -42,7 +42,7 @@ bf16 is offered only where the CPU has bf16 instructions (``avx512_bf16`` or
 ``INT8``, but only CPUs with integer dot-product units (:data:`INT8_CPU_FLAGS`)
 run it natively; elsewhere it is emulated with 16-bit intermediate sums that
 can saturate. How far lower precision moves the features depends on the
-network and the data: :mod:`cxrcluster.precision` chooses the path per
+network and the data: :mod:`cxrcluster.extraction_path` chooses the path per
 machine and checks lower precision on the user's own images before using it.
 TensorFlow fp32 is the reference and :func:`make_forward`'s default.
 """

@@ -7,7 +7,7 @@ row, filled with NaN, and is named with its reason in the JSON sidecar
 sidecar also records the model, weights (and their SHA-256), input size,
 preprocessing, the engine and precision of the forward pass
 (:mod:`cxrcluster.engines`) and why they were chosen (``engine_choice``,
-:mod:`cxrcluster.precision`), library versions, image count and time taken.
+:mod:`cxrcluster.extraction_path`), library versions, image count and time taken.
 With a ``cache_dir``, decoded images are kept for the next model
 (:mod:`cxrcluster.decoded`).
 """
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cxrcluster import atomic, data, decoded, engines, executor, images, models
-from cxrcluster import precision as precision_rule
+from cxrcluster import extraction_path
 
 #: Version of the layout of the ``.npy`` and its sidecar.
 FORMAT_VERSION = 1
@@ -137,13 +137,13 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         What runs the forward pass (:mod:`cxrcluster.engines`). The default,
         TensorFlow in fp32, is the reference: byte-identical on rerun. The
         pipeline (``make``, notebook 02) runs ``auto``: the rule of
-        :mod:`cxrcluster.precision`, OpenVINO when installed.
+        :mod:`cxrcluster.extraction_path`, OpenVINO when installed.
     precision : {"fp32", "bf16", "int8", "auto"}
         Arithmetic of the forward pass; bf16 only on CPUs with bf16
         instructions (:class:`cxrcluster.engines.EngineUnavailableError`
         otherwise), int8 with OpenVINO only. ``auto`` tries what the CPU runs
         natively and keeps it only if it passes the check on this dataset's
-        images (:func:`cxrcluster.precision.select`). What was used, and why,
+        images (:func:`cxrcluster.extraction_path.select`). What was used, and why,
         is recorded in the provenance (``engine``, ``precision``,
         ``engine_choice``).
     cluster : cxrcluster.executor.Cluster, optional
@@ -181,7 +181,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if shard_batches < 1:
         raise ValueError(f"shard_batches must be at least 1, got {shard_batches}")
-    the_plan = precision_rule.plan(engine, precision, on_cluster=cluster is not None)  # before the model is built
+    the_plan = extraction_path.plan(engine, precision, on_cluster=cluster is not None)  # before the model is built
     names = list(image_names) if image_names is not None else [Path(p).name for p in paths]
     paths = list(paths)
     backbone = models.get_backbone(model_name)
@@ -198,7 +198,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
             parts = list(iter_batches([paths[i] for i in rows], backbone.input_size, batch_size, workers=workers))
             return np.concatenate([b for b, _ in parts]), [e for _, errs in parts for e in errs]
 
-        forward, choice = precision_rule.select(
+        forward, choice = extraction_path.select(
             model, backbone, the_plan, paths, batch_size=batch_size, seed=seed, n_clusters=n_clusters,
             weights_sha256=weights_info.get("weights_sha256"), sample_images=sample_images, cache_dir=cache_dir)
         extractor = _Extractor.around(forward, weights_info, backbone.input_size, batch_size)
@@ -215,7 +215,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
     else:
         settings = {"model_name": model_name, "weights": weights, "seed": seed, "engine": the_plan.engine,
                     "precision": the_plan.candidates[0], "batch_size": batch_size}
-        choice = {"rule": "cxrcluster.precision (README: choosing the extraction path)",
+        choice = {"rule": "cxrcluster.extraction_path (README: choosing the extraction path)",
                   "requested": the_plan.requested, "evidence": the_plan.evidence, "notes": the_plan.notes,
                   "checks": [], "engine": settings["engine"], "precision": settings["precision"],
                   "reason": f"{settings['precision']}: " + the_plan.notes[-1].split(": ", 1)[1],
@@ -550,7 +550,7 @@ def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, 
     Other keyword arguments go to :func:`extract_features`. Returns what
     :func:`extract_features` returns.
     """
-    precision_rule.plan(engine, precision, on_cluster=kwargs.get("cluster") is not None)
+    extraction_path.plan(engine, precision, on_cluster=kwargs.get("cluster") is not None)
     labels = data.read_labels(labels_csv)
     paths = data.resolve_image_paths(labels, data_dir)
     if kwargs.get("cluster") is not None:  # the workers read the images themselves: can they?

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="decoding threads (default %(default)s)")
     parser.add_argument("--pipeline-default", default=PIPELINE_DEFAULT, choices=["auto", *PATHS],
-                        help="the path make runs, ENGINE-PRECISION, or auto: the rule of cxrcluster.precision "
+                        help="the path make runs, ENGINE-PRECISION, or auto: the rule of cxrcluster.extraction_path "
                              "(default %(default)s, the Makefile's)")
     parser.add_argument("--cache-models", nargs="+",
                         help="models extracted in turn without and with the decode cache (default: all; "

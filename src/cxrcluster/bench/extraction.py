@@ -10,7 +10,7 @@ interleaved rounds so that a change in the machine's load hits them all):
   16, fp32, loading and inference in turn;
 * ``tensorflow-fp32``, ``tensorflow-bf16``, ``openvino-fp32``,
   ``openvino-bf16``, ``openvino-int8`` (NNCF, calibrated on the seeded
-  calibration sample of :func:`cxrcluster.precision.sample_rows` of the same
+  calibration sample of :func:`cxrcluster.extraction_path.sample_rows` of the same
   images): exactly the loop of
   :func:`cxrcluster.features.extract_features` (decoding in a thread pool a
   few batches ahead, :func:`cxrcluster.engines.make_forward` for the engine and
@@ -19,7 +19,7 @@ interleaved rounds so that a change in the machine's load hits them all):
   byte against a call of ``extract_features`` itself. bf16 rows say why when
   the CPU has no bf16. ``--pipeline-default`` names the path ``make`` runs by
   default (its ``ENGINE`` and ``PRECISION``): ``auto`` applies the rule of
-  :mod:`cxrcluster.precision` to this machine and these images, check
+  :mod:`cxrcluster.extraction_path` to this machine and these images, check
   included, and marks the path it chooses; the targets judge that path as
   the project's default.
 
@@ -30,7 +30,7 @@ a shared machine the load can change between rounds). Fidelity is
 measured against the fp32 reference: the smallest per-image cosine similarity
 and the largest per-image error relative to the image's largest feature, the
 smallest and median centred cosines, and the agreement of a k-means clustering
-of both (:func:`cxrcluster.precision.fidelity`: ARI and matched change). The
+of both (:func:`cxrcluster.extraction_path.fidelity`: ARI and matched change). The
 baseline feeds other inputs (x / 255, nearest resize, no
 ``preprocess_input``), so its features are not comparable and are not scored.
 
@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster import engines, features, models, precision
+from cxrcluster import engines, extraction_path, features, models
 from cxrcluster.bench.progress import log
 
 BASELINE_BATCH_SIZE = 16
@@ -79,7 +79,7 @@ REFERENCE = "tensorflow-fp32"
 """The fp32 reference every path is compared with: ``extract_features``' default."""
 
 #: The path the pipeline runs by default: the Makefile's ``ENGINE``-``PRECISION`` (``make bench``
-#: passes them; this is for direct calls). ``auto``: the rule of :mod:`cxrcluster.precision`.
+#: passes them; this is for direct calls). ``auto``: the rule of :mod:`cxrcluster.extraction_path`.
 PIPELINE_DEFAULT = "auto"
 
 
@@ -232,7 +232,7 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
             parts = list(features.iter_batches([paths[i] for i in rows], n, batch_size, workers=workers))
             return np.concatenate([b for b, _ in parts]), [e for _, errs in parts for e in errs]
 
-        calibration_rows, _ = precision.sample_rows(len(paths), seed=0)
+        calibration_rows, _ = extraction_path.sample_rows(len(paths), seed=0)
         for path, (engine, precision_) in PATHS.items():
             start = time.perf_counter()
             try:
@@ -286,9 +286,9 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
         notes["baseline"] += f"; highest 1-min load average during the rounds {highest_load:.2f}"
         roles = {"baseline": "original study", REFERENCE: "fp32 reference, extract_features default"}
         default_path, default_note = pipeline_default, "make default"
-        if pipeline_default == precision.AUTO:
-            log(f"{name}: applying the rule (cxrcluster.precision) to this machine and these images")
-            _, record = precision.select(model, backbone, precision.plan(), paths, batch_size=batch_size, seed=0,
+        if pipeline_default == extraction_path.AUTO:
+            log(f"{name}: applying the rule (cxrcluster.extraction_path) to this machine and these images")
+            _, record = extraction_path.select(model, backbone, extraction_path.plan(), paths, batch_size=batch_size, seed=0,
                                          n_clusters=3, weights_sha256=None, sample_images=decode, cache_dir=None)
             default_path = f"{record['engine']}-{record['precision']}"
             default_note = f"make default (rule: {record['reason']})"
@@ -320,7 +320,7 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
                 row.update(min_cosine=round(cos, 6), max_rel_error=float(f"{rel:.3g}"),
                            min_centred_cosine=round(centred_cosine(first[path], reference), 6))
                 if len(paths) > 3:
-                    agree = precision.fidelity(reference, first[path], n_clusters=3, seed=0)
+                    agree = extraction_path.fidelity(reference, first[path], n_clusters=3, seed=0)
                     row.update(median_centred_cosine=agree["median_centred_cosine"],
                                kmeans_ari=agree["kmeans_ari"], kmeans_matched_change=agree["kmeans_matched_change"],
                                passes_check=agree["passed"])

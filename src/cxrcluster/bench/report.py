@@ -109,7 +109,7 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
             "*k-means ARI*: k-means (3 clusters, PCA 50, seeded) of the path's features against the same "
             "on fp32's, with the percentage of images whose cluster differs after matching; ✓ marks a path "
             "that passes the pipeline's check (ARI >= 0.98 and median centred cosine >= 0.99, "
-            "`cxrcluster.precision`). *role*: the path `make` runs by default on this machine, and why. "
+            "`cxrcluster.extraction_path`). *role*: the path `make` runs by default on this machine, and why. "
             "*baseline*: `tf.keras.preprocessing.image.ImageDataGenerator(rescale=1/255)` "
             "(Keras 3 still ships it as a legacy class) with `model.predict`, batch 16: the original study's "
             "pipeline, with other inputs, so it is not scored. Random weights (`none`) time the architecture "

@@ -285,7 +285,7 @@ def select(model, backbone, the_plan: Plan, paths: Sequence[Path], *, batch_size
     """
     preprocess = backbone.preprocess_input()
     size = backbone.input_size
-    record = {"rule": "cxrcluster.precision (README: choosing the extraction path)",
+    record = {"rule": "cxrcluster.extraction_path (README: choosing the extraction path)",
               "requested": the_plan.requested, "evidence": the_plan.evidence, "notes": list(the_plan.notes),
               "checks": []}
     lower = [c for c in the_plan.candidates if c != "fp32"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from cxrcluster import engines, precision
+from cxrcluster import engines, extraction_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights:UserWarning")
 
@@ -39,16 +39,16 @@ def machine(monkeypatch, flags, caps=("FP32", "INT8", "BIN", "EXPORT_IMPORT"), o
 ])
 def test_the_rule_orders_the_candidates_by_what_the_cpu_runs_natively(monkeypatch, flags, caps, expected):
     machine(monkeypatch, flags, caps)
-    first = precision.plan()
+    first = extraction_path.plan()
     assert first.engine == "openvino" and first.candidates == expected and not first.forced
-    assert precision.plan() == first  # the same machine always makes the same choice
+    assert extraction_path.plan() == first  # the same machine always makes the same choice
     assert first.evidence["openvino_capabilities"] == list(caps)
     assert first.notes[-1].startswith(f"candidates {', '.join(expected)}")
 
 
 def test_without_openvino_the_rule_runs_tensorflow_and_never_int8(monkeypatch):
     machine(monkeypatch, {"avx512f", "avx512_bf16", "avx512_vnni"}, openvino=False)
-    chosen = precision.plan()
+    chosen = extraction_path.plan()
     assert chosen.engine == "tensorflow" and chosen.candidates == ["bf16", "fp32"]
     assert "openvino is not installed" in chosen.notes[0] and "no int8" in chosen.evidence["int8"]
 
@@ -56,30 +56,30 @@ def test_without_openvino_the_rule_runs_tensorflow_and_never_int8(monkeypatch):
 @needs_openvino
 def test_forced_paths_and_the_cluster(monkeypatch):
     machine(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}, ("FP32", "BF16", "INT8"))
-    forced = precision.plan("openvino", "int8")
+    forced = extraction_path.plan("openvino", "int8")
     assert forced.forced and forced.candidates == ["int8"]
-    assert precision.plan("tensorflow", "fp32").candidates == ["fp32"]
-    assert precision.plan(on_cluster=True).candidates == ["fp32"]  # workers' CPUs are not this one's
-    assert precision.plan("openvino", "bf16", on_cluster=True).candidates == ["bf16"]
+    assert extraction_path.plan("tensorflow", "fp32").candidates == ["fp32"]
+    assert extraction_path.plan(on_cluster=True).candidates == ["fp32"]  # workers' CPUs are not this one's
+    assert extraction_path.plan("openvino", "bf16", on_cluster=True).candidates == ["bf16"]
     with pytest.raises(engines.EngineUnavailableError, match="int8 is not available on a Dask cluster"):
-        precision.plan("auto", "int8", on_cluster=True)
+        extraction_path.plan("auto", "int8", on_cluster=True)
     with pytest.raises(ValueError, match="unknown precision 'fp8'; choose one of: auto, fp32, bf16, int8"):
-        precision.plan("auto", "fp8")
+        extraction_path.plan("auto", "fp8")
     with pytest.raises(ValueError, match="unknown engine 'onnx'"):
-        precision.plan("onnx")
+        extraction_path.plan("onnx")
     machine(monkeypatch, {"avx2"}, ("FP32", "INT8"))
     with pytest.raises(engines.EngineUnavailableError, match="bf16 is not available"):
-        precision.plan("openvino", "bf16")
+        extraction_path.plan("openvino", "bf16")
 
 
 def test_sample_rows_are_seeded_sorted_and_disjoint_when_there_is_room():
-    cal, check = precision.sample_rows(1000, seed=0)
-    assert len(cal) == precision.CALIBRATION_IMAGES and len(check) == precision.CHECK_IMAGES
+    cal, check = extraction_path.sample_rows(1000, seed=0)
+    assert len(cal) == extraction_path.CALIBRATION_IMAGES and len(check) == extraction_path.CHECK_IMAGES
     assert not np.intersect1d(cal, check).size and (np.diff(check) > 0).all()
-    again = precision.sample_rows(1000, seed=0)
+    again = extraction_path.sample_rows(1000, seed=0)
     assert np.array_equal(cal, again[0]) and np.array_equal(check, again[1])
-    assert not np.array_equal(check, precision.sample_rows(1000, seed=1)[1])
-    cal, check = precision.sample_rows(150, seed=0)  # too small for both: the check takes every row
+    assert not np.array_equal(check, extraction_path.sample_rows(1000, seed=1)[1])
+    cal, check = extraction_path.sample_rows(150, seed=0)  # too small for both: the check takes every row
     assert len(cal) == 128 and len(check) == 150
 
 
@@ -91,24 +91,24 @@ def blobs(center_box, seed=0):
 def test_fidelity_passes_small_rounding_and_fails_what_changes_the_clustering():
     rng = np.random.default_rng(0)
     close = blobs((-0.6, 0.6))  # clusters about two spreads apart
-    same = precision.fidelity(close, close)
+    same = extraction_path.fidelity(close, close)
     assert same["passed"] and same["kmeans_ari"] == 1.0 and same["kmeans_matched_change"] == 0.0
     assert same["min_centred_cosine"] == pytest.approx(1.0)
-    rounded = precision.fidelity(close, close + rng.normal(0, 0.01, close.shape))
+    rounded = extraction_path.fidelity(close, close + rng.normal(0, 0.01, close.shape))
     assert rounded["passed"] and rounded["median_centred_cosine"] > 0.999 and rounded["kmeans_ari"] == 1.0
     # noise of half a spread moves images across the near boundaries: not fp32's clustering any more
-    noisy = precision.fidelity(close, close + rng.normal(0, 0.5, close.shape))
-    assert not noisy["passed"] and noisy["kmeans_ari"] < precision.MIN_KMEANS_ARI
+    noisy = extraction_path.fidelity(close, close + rng.normal(0, 0.5, close.shape))
+    assert not noisy["passed"] and noisy["kmeans_ari"] < extraction_path.MIN_KMEANS_ARI
     assert noisy["kmeans_matched_change"] > 1.0
     # far-apart clusters survive twice that noise, but the features themselves moved: refused on the cosine
     far = blobs((-10, 10))
-    moved = precision.fidelity(far, far + rng.normal(0, 2.0, far.shape))
+    moved = extraction_path.fidelity(far, far + rng.normal(0, 2.0, far.shape))
     assert moved["kmeans_ari"] == 1.0 and not moved["passed"]
-    assert moved["median_centred_cosine"] < precision.MIN_MEDIAN_CENTRED_COSINE
+    assert moved["median_centred_cosine"] < extraction_path.MIN_MEDIAN_CENTRED_COSINE
     with pytest.raises(ValueError, match="two feature sets of one shape"):
-        precision.fidelity(close, close[:10])
+        extraction_path.fidelity(close, close[:10])
     # features that do not vary (a collapsed network): nothing to judge, so nothing passes
-    flat = precision.fidelity(np.ones((50, 8)), np.ones((50, 8)))
+    flat = extraction_path.fidelity(np.ones((50, 8)), np.ones((50, 8)))
     assert not flat["passed"] and flat["kmeans_ari"] is None and "1 distinct value" in flat["note"]
 
 
@@ -139,7 +139,7 @@ def test_select_keeps_a_candidate_only_if_it_passes_and_caches_the_check(monkeyp
         return {"images": len(reference), "min_centred_cosine": 0.5, "median_centred_cosine": 0.9,
                 "kmeans_ari": 0.99 if passes else 0.5, "kmeans_matched_change": 0.0, "passed": passes}
 
-    monkeypatch.setattr(precision, "fidelity", judged)
+    monkeypatch.setattr(extraction_path, "fidelity", judged)
     decoded = []
 
     def sample(rows):
@@ -147,20 +147,20 @@ def test_select_keeps_a_candidate_only_if_it_passes_and_caches_the_check(monkeyp
         return images[rows], [None] * len(rows)
 
     paths = [tmp_path / f"{i}.png" for i in range(len(images))]
-    the_plan = precision.plan()
-    forward, record = precision.select(model, backbone, the_plan, paths, batch_size=32, seed=0, n_clusters=3,
+    the_plan = extraction_path.plan()
+    forward, record = extraction_path.select(model, backbone, the_plan, paths, batch_size=32, seed=0, n_clusters=3,
                                        weights_sha256=None, sample_images=sample, cache_dir=tmp_path / "cache")
     expected = "int8" if passes else "fp32"
     assert forward.precision == record["precision"] == expected and record["engine"] == "openvino"
-    assert calls == [(precision.CHECK_IMAGES, 3)]  # 400 images: 128 calibrate, 256 check
-    assert decoded == [precision.CHECK_IMAGES, precision.CALIBRATION_IMAGES]
+    assert calls == [(extraction_path.CHECK_IMAGES, 3)]  # 400 images: 128 calibrate, 256 check
+    assert decoded == [extraction_path.CHECK_IMAGES, extraction_path.CALIBRATION_IMAGES]
     assert record["checks"][0]["precision"] == "int8" and record["checks"][0]["calibration_rows"] == 128
     assert ("passed" if passes else "failed the check") in record["reason"]
     # a rerun reads the check and the quantised model from the cache: nothing calibrated, nothing judged
     decoded.clear()
-    again, record2 = precision.select(model, backbone, the_plan, paths, batch_size=32, seed=0, n_clusters=3,
+    again, record2 = extraction_path.select(model, backbone, the_plan, paths, batch_size=32, seed=0, n_clusters=3,
                                       weights_sha256=None, sample_images=sample, cache_dir=tmp_path / "cache")
-    assert len(calls) == 1 and decoded == [precision.CHECK_IMAGES]
+    assert len(calls) == 1 and decoded == [extraction_path.CHECK_IMAGES]
     assert record2["precision"] == expected and record2["checks"] == record["checks"]
     assert again(images[:40]).tobytes() == forward(images[:40]).tobytes()
 
@@ -171,13 +171,13 @@ def test_select_does_not_judge_on_too_few_images(monkeypatch, tmp_path, tiny):
     machine(monkeypatch, {"avx512f", "avx512_vnni"}, ("FP32", "INT8"))
     few = 30
     paths = [tmp_path / f"{i}.png" for i in range(few)]
-    forward, record = precision.select(model, backbone, precision.plan(), paths, batch_size=8, seed=0,
+    forward, record = extraction_path.select(model, backbone, extraction_path.plan(), paths, batch_size=8, seed=0,
                                        n_clusters=3, weights_sha256=None,
                                        sample_images=lambda rows: (images[rows], [None] * len(rows)),
                                        cache_dir=None)
     assert forward.precision == "fp32" and "too few to check int8" in record["reason"]
     with pytest.raises(ValueError, match="int8 was forced, but 30 readable images are too few"):
-        precision.select(model, backbone, precision.plan("openvino", "int8"), paths, batch_size=8, seed=0,
+        extraction_path.select(model, backbone, extraction_path.plan("openvino", "int8"), paths, batch_size=8, seed=0,
                          n_clusters=3, weights_sha256=None,
                          sample_images=lambda rows: (images[rows], [None] * len(rows)), cache_dir=None)
 
