@@ -13,13 +13,14 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SAMPLE_DIR, needs_sample
 from PIL import Image, ImageEnhance
 
 from cxrcluster import audit
+from cxrcluster.audit import duplicates
 
 CLASSES = ["COVID", "NORMAL", "PNEUMONIA"]
 PER_CLASS = 10
-SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-sample"
 
 
 def _smooth_image(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
@@ -221,7 +222,7 @@ def test_near_pairs_match_brute_force_across_blocks():
              if (bits[i] != bits[j]).sum() <= 10}
     # A tiny block size forces many blocks.
     found = set()
-    for a, b, d in audit._near_pairs(packed, 10, block_bytes=4 * 60 * 7):
+    for a, b, d in duplicates._near_pairs(packed, 10, block_bytes=4 * 60 * 7):
         found |= {(int(x), int(y), int(z)) for x, y, z in zip(a, b, d, strict=True)}
     assert (3, 7, 1) in found
     assert found == brute
@@ -243,11 +244,11 @@ def test_plot_audit(planted):
 
 
 @pytest.mark.shared
-@pytest.mark.skipif(not SHARED_SAMPLE.is_dir(), reason="../shared/data/cxr-sample is absent")
+@needs_sample
 def test_real_sample_shows_its_source_difference():
-    rows = [{"image_name": p.name, "label": p.parent.name, "path": p.relative_to(SHARED_SAMPLE).as_posix()}
-            for p in sorted(SHARED_SAMPLE.glob("*/*")) if p.suffix.lower() in (".png", ".jpeg", ".jpg")]
-    meta = audit.image_metadata(pd.DataFrame(rows), SHARED_SAMPLE)
+    rows = [{"image_name": p.name, "label": p.parent.name, "path": p.relative_to(SAMPLE_DIR).as_posix()}
+            for p in sorted(SAMPLE_DIR.glob("*/*")) if p.suffix.lower() in (".png", ".jpeg", ".jpg")]
+    meta = audit.image_metadata(pd.DataFrame(rows), SAMPLE_DIR)
     assert (meta["error"] == "").all()
     summary = audit.audit_summary(meta).set_index("label")
     assert summary.loc["COVID", "bit_depths"] == "8: 100"

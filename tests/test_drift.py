@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_layouts import dicom
 
 from cxrcluster import drift, results
 from cxrcluster.atomic import write_csv
+from cxrcluster.images import read_luminance
 
 RESULTS = pd.DataFrame({
     "model": ["ResNet50", "ResNet50", "VGG16", "VGG16"],
@@ -173,6 +175,44 @@ def test_plot_drift_gallery(tmp_path: Path, images: pd.DataFrame):
     empty_row = fig.axes[2]  # first cell of the EMPTY row
     assert empty_row.get_ylabel() == "EMPTY"
     assert any("no image" in text.get_text() for text in empty_row.texts)
+
+
+def test_gallery_shows_the_pixels_of_dicom_and_16_bit_images(tmp_path: Path):
+    """Thumbnails go through images.read_luminance: a DICOM is drawn, a 16-bit gradient is not clipped white.
+
+    Read with PIL directly, the DICOM is "unreadable" and the 16-bit PNG, converted to 8 bits, is 255
+    wherever a value exceeds 255: all but its first column.
+    """
+    square = np.full((48, 64), 500, dtype=np.uint16)
+    square[:24, :32] = 4000  # a bright top-left quadrant on a dark field, 12 bits
+    dicom(tmp_path / "COVID" / "square.dcm", square)
+    gradient = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    (tmp_path / "NORMAL").mkdir()
+    Image.fromarray(gradient).save(tmp_path / "NORMAL" / "gradient.png")
+    with Image.open(tmp_path / "NORMAL" / "gradient.png") as written:
+        assert written.mode.startswith("I")  # stored as 16-bit greyscale
+    labels = pd.DataFrame({"image_name": ["square.dcm", "gradient.png"], "label": ["COVID", "NORMAL"],
+                           "path": ["COVID/square.dcm", "NORMAL/gradient.png"]})
+    table = pd.DataFrame([("square.dcm", "COVID", 2, 2, 1.0, "NORMAL"),
+                          ("gradient.png", "NORMAL", 2, 1, 0.5, "COVID")], columns=drift.DRIFT_COLUMNS)
+
+    fig = drift.plot_drift_gallery(table, tmp_path, labels, per_class=1, thumb_size=32)
+
+    shown = {}
+    for ax, (name, rel) in zip(fig.axes, labels[["image_name", "path"]].itertuples(index=False), strict=True):
+        assert ax.get_title().startswith(name)
+        assert len(ax.images) == 1, [text.get_text() for text in ax.texts]  # drawn, not "unreadable"
+        shown[name] = np.asarray(ax.images[0].get_array(), dtype=np.float64)
+        expected = Image.fromarray(read_luminance(tmp_path / rel)).resize((32, 24), Image.Resampling.BILINEAR)
+        np.testing.assert_allclose(shown[name], np.asarray(expected), atol=1e-3)
+
+    dcm = shown["square.dcm"]
+    assert dcm.shape == (24, 32)
+    assert dcm[:10, :14].min() > 250 and dcm[14:, 18:].max() < 5  # the quadrant, bright on black
+    png = shown["gradient.png"]
+    assert png.shape == (24, 32)
+    assert png.min() < 5 and png.max() > 250 and (png >= 254.5).mean() < 0.1  # the full range, not clipped
+    assert (np.diff(png, axis=1) > 0).all()  # every column brighter than the last: the gradient survives
 
 
 def test_a_degenerate_run_changes_nothing_in_the_drift(tmp_path: Path):

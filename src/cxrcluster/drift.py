@@ -16,6 +16,7 @@ through :mod:`cxrcluster.results`.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cxrcluster.figures import with_data_note
+from cxrcluster.images import ImageReadError, read_luminance
 from cxrcluster.results import load_label_frames, ok_combinations, parse_bool_column
 
 #: Target of a changed image whose cluster is noise or matched to no class.
@@ -116,11 +118,22 @@ def label_drift(
 
 
 def _thumbnail(path: Path, size: int) -> np.ndarray:
-    with Image.open(path) as image:
-        image.draft("L", (size, size))
-        image = image.convert("L")
-        image.thumbnail((size, size))
-        return np.asarray(image)
+    """The image as :func:`cxrcluster.images.read_luminance` reads it, shrunk to at most ``size`` pixels.
+
+    Read by the project's one reader, so a DICOM or a 16-bit PNG shows the
+    pixels the features were computed from (0-255, bone bright), not a
+    decoding error or a clipped white square. The aspect ratio is kept and a
+    small image is not enlarged; the resampling is bilinear, antialiased when
+    shrinking, as in :func:`cxrcluster.images.to_model_input`.
+    """
+    luminance = read_luminance(path)
+    height, width = luminance.shape
+    scale = min(1.0, size / max(height, width))
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if target == (width, height):
+        return luminance
+    resized = Image.fromarray(luminance).resize(target, Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 255.0)
 
 
 def plot_drift_gallery(
@@ -237,7 +250,9 @@ def thumbnail_gallery(
             try:
                 ax.imshow(_thumbnail(data_dir / str(paths[name]), thumb_size), cmap="gray", vmin=0, vmax=255)
             except Exception as exc:  # noqa: BLE001 - show the reason instead of losing the gallery
-                ax.text(0.5, 0.5, f"unreadable:\n{type(exc).__name__}", ha="center", va="center",
+                # The reader's reason ("truncated or corrupt", "file not found") says more than its type.
+                reason = exc.reason.split(":")[0] if isinstance(exc, ImageReadError) else type(exc).__name__
+                ax.text(0.5, 0.5, "unreadable:\n" + textwrap.fill(reason, 24), ha="center", va="center",
                         transform=ax.transAxes, color="firebrick", fontsize="small")
             ax.set_title(caption, fontsize="small")
     fig.suptitle(title)
