@@ -112,6 +112,46 @@ def test_fidelity_passes_small_rounding_and_fails_what_changes_the_clustering():
     assert not flat["passed"] and flat["kmeans_ari"] is None and "1 distinct value" in flat["note"]
 
 
+def test_fidelity_reports_plain_cosine_and_relative_error_with_the_check():
+    rng = np.random.default_rng(0)
+    close = blobs((-0.6, 0.6))
+    longer = close.copy()
+    longer[7] *= 1.001  # one image a little longer: the same direction, its largest feature 0.1 % off
+    got = extraction_path.fidelity(close, longer)
+    assert got["min_cosine"] == pytest.approx(1.0) and got["max_relative_error"] == pytest.approx(0.001)
+    assert got["passed"] and got["kmeans_ari"] == 1.0
+    # the reference is the first argument: its scale divides the error
+    assert extraction_path.fidelity(longer, close)["max_relative_error"] == pytest.approx(0.000999)
+    noisy = extraction_path.fidelity(close, close + rng.normal(0, 0.5, close.shape))
+    # plain cosines flatter features off the origin; the centred ones do not
+    assert noisy["min_cosine"] > 0.999 > noisy["min_centred_cosine"] and 0 < noisy["max_relative_error"] < 0.2
+
+
+def test_fidelity_without_kmeans_judges_the_median_centred_cosine_alone():
+    rng = np.random.default_rng(0)
+    close = blobs((-0.6, 0.6))
+    outlier = close.copy()
+    outlier[7] *= 1.5  # one image far off: k-means gives it a cluster of its own, the median image is intact
+    full = extraction_path.fidelity(close, outlier)
+    alone = extraction_path.fidelity(close, outlier, n_clusters=None)
+    assert not any(key.startswith("kmeans_") for key in alone) and alone["n_clusters"] is None
+    assert alone["thresholds"] == {"median_centred_cosine": extraction_path.MIN_MEDIAN_CENTRED_COSINE}
+    shared = ("images", "min_cosine", "max_relative_error", "min_centred_cosine", "median_centred_cosine")
+    assert {k: alone[k] for k in shared} == {k: full[k] for k in shared}
+    assert full["kmeans_ari"] < extraction_path.MIN_KMEANS_ARI and not full["passed"]
+    assert alone["median_centred_cosine"] >= extraction_path.MIN_MEDIAN_CENTRED_COSINE and alone["passed"]
+    moved = extraction_path.fidelity(close, close + rng.normal(0, 2.0, close.shape), n_clusters=None)
+    assert moved["median_centred_cosine"] < extraction_path.MIN_MEDIAN_CENTRED_COSINE and not moved["passed"]
+    # three rows are too few for k-means of three clusters, not for the cosines
+    few = extraction_path.fidelity(close[:3], close[:3], n_clusters=None)
+    assert few["passed"] and few["min_cosine"] == 1.0 and few["max_relative_error"] == 0.0
+    with pytest.raises(ValueError, match="two feature sets of one shape"):
+        extraction_path.fidelity(close[:3], close[:3])
+    # features that do not vary: nothing to compare, so nothing passes, but the plain figures stand
+    flat = extraction_path.fidelity(np.ones((50, 8)), np.ones((50, 8)), n_clusters=None)
+    assert not flat["passed"] and flat["min_centred_cosine"] is None and flat["min_cosine"] == 1.0
+
+
 @pytest.fixture(scope="module")
 def tiny():
     import keras

@@ -27,6 +27,10 @@ so the preprocessing is applied identically on every path, in float32:
     pipeline: a seeded sample of the dataset's own images, no labels), then
     compiled as above. Only OpenVINO runs it.
 
+Both OpenVINO steps are public for other OpenVINO models, so that the
+benchmarks' matrix products run under extraction's settings:
+:func:`quantise_int8` and :func:`compile_openvino`.
+
 Threads: OpenVINO's latency mode uses one thread per *physical* core and pins
 its threads. On a virtual machine whose two logical CPUs are the two hardware
 threads of one core, that is one thread against TensorFlow's two, and pinned
@@ -50,7 +54,7 @@ TensorFlow fp32 is the reference and :func:`make_forward`'s default.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -340,10 +344,7 @@ def _quantised(converted, calibration: np.ndarray | None, batch_size: int, int8_
     whole = len(calibration) // batch_size * batch_size
     batches = [np.ascontiguousarray(calibration[i:i + batch_size], dtype=np.float32)
                for i in range(0, whole, batch_size)]
-    import logging
-
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per skipped operation otherwise
-    quantised = nncf.quantize(converted, nncf.Dataset(batches), subset_size=len(batches))
+    quantised = quantise_int8(converted, batches)
     info.update(calibration_images=whole)
     if folder is not None:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -369,14 +370,81 @@ def openvino_config(hint: str) -> dict:
             "INFERENCE_NUM_THREADS": usable_cores(), "ENABLE_HYPER_THREADING": True, "ENABLE_CPU_PINNING": False}
 
 
-def _openvino_forward(converted, precision: str, batch_size: int, input_size: int, info: dict) -> Forward:
+#: OpenVINO's inference precision hint per precision (int8: the rest of the graph in f32).
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def quantise_int8(model, batches: Sequence[np.ndarray]):
+    """An OpenVINO model quantised to int8 by NNCF as extraction's int8 path quantises it.
+
+    ``nncf.quantize`` with its defaults (:data:`INT8_SETTINGS`), collecting
+    activation ranges on every one of ``batches``; NNCF's per-operation INFO
+    lines are silenced.
+
+    Parameters
+    ----------
+    model : openvino.Model
+        An fp32 model (``openvino.convert_model``'s, or one built with OpenVINO's opsets).
+    batches : sequence of numpy.ndarray
+        Calibration inputs, each of the model's input shape, float32.
+
+    Returns
+    -------
+    openvino.Model
+        The quantised model; compile it with :func:`compile_openvino` and ``"int8"``.
+
+    Raises
+    ------
+    EngineUnavailableError
+        OpenVINO or NNCF is not installed.
+    """
+    import logging
+
+    _openvino()
+    nncf = _nncf()
+    batches = list(batches)
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per skipped operation otherwise
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+
+
+def compile_openvino(model, precision: str = "fp32"):
+    """An OpenVINO model compiled for this CPU as extraction compiles it (:func:`openvino_config`).
+
+    Parameters
+    ----------
+    model : openvino.Model
+        fp32, or quantised by :func:`quantise_int8` for ``"int8"``.
+    precision : {"fp32", "bf16", "int8"}
+        Sets ``INFERENCE_PRECISION_HINT``: ``f32``, ``bf16``, and ``f32`` for
+        int8 (the quantised operations run in int8, the rest of the graph in f32).
+
+    Returns
+    -------
+    openvino.CompiledModel
+
+    Raises
+    ------
+    ValueError
+        Unknown precision.
+    EngineUnavailableError
+        OpenVINO is not installed, or it compiled the model in another
+        precision than asked (it falls back silently where it cannot honour the hint).
+    """
+    if precision not in _HINTS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(_HINTS)}")
     ov = _openvino()
-    core = ov.Core()
-    hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]  # int8: the rest of the graph in f32
-    compiled = core.compile_model(converted, "CPU", openvino_config(hint))
+    hint = _HINTS[precision]
+    compiled = ov.Core().compile_model(model, "CPU", openvino_config(hint))
     used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if used != hint:  # OpenVINO falls back silently where the hint cannot be honoured
         raise EngineUnavailableError(f"OpenVINO compiled the model in {used}, not {hint} as asked")
+    return compiled
+
+
+def _openvino_forward(converted, precision: str, batch_size: int, input_size: int, info: dict) -> Forward:
+    ov = _openvino()
+    hint = _HINTS[precision]
+    compiled = compile_openvino(converted, precision)
     info.update(graph="tf.function of preprocess_input + model, converted by openvino.convert_model",
                 openvino=ov.__version__.split("-")[0],
                 inference_precision=hint,

@@ -180,28 +180,56 @@ def sample_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(calibration), np.sort(check)
 
 
-def fidelity(reference: np.ndarray, low: np.ndarray, n_clusters: int = 3, seed: int = 0) -> dict:
-    """How far lower-precision features are from fp32's, and whether that passes.
+def fidelity(reference: np.ndarray, candidate: np.ndarray, n_clusters: int | None = 3, seed: int = 0) -> dict:
+    """How far a candidate path's features are from the fp32 reference's, and whether that passes.
+
+    The check of lower precision (:func:`select`) and the benchmark's fidelity
+    columns (``benchmarks``) both come from here.
 
     Parameters
     ----------
-    reference, low : numpy.ndarray, shape (n, d)
-        fp32 features and the candidate's, of the same images.
-    n_clusters : int
-        Clusters of the k-means compared (the dataset's classes).
+    reference, candidate : numpy.ndarray, shape (n, d)
+        fp32 features and the candidate's, of the same images, in the same order.
+    n_clusters : int or None
+        Clusters of the k-means compared (the dataset's classes). None leaves
+        the k-means out: no ``kmeans_*`` keys, and ``passed`` is judged on the
+        median centred cosine alone.
     seed : int
+        Seed of the PCA and the k-means.
 
     Returns
     -------
     dict
-        ``images``; ``min_centred_cosine``, ``median_centred_cosine`` (each
-        image's cosine to fp32 after subtracting fp32's mean image);
-        ``kmeans_ari`` (the ARI of k-means on PCA to 50 dimensions of each,
-        ``n_init=10``, seeded: the pipeline's default preparation and its
-        most-used algorithm); ``kmeans_matched_change`` (percent of images
-        whose cluster differs after matching the clusters one-to-one, the
-        project's label change with fp32's clusters as the labels);
-        ``passed`` and ``thresholds``.
+        ``images``; ``min_cosine`` (the least per-image cosine similarity
+        to fp32; a pair of all-zero rows counts as 1, one all-zero row
+        against a non-zero one as 0); ``max_relative_error`` (the largest
+        per-image ``max|c - r| / max|r|``, three significant digits: pooled
+        features are often zero or tiny, so element-wise ratios would measure
+        only the smallest activations; an all-zero reference row gives the
+        absolute error); ``min_centred_cosine``, ``median_centred_cosine``
+        (each image's cosine to fp32 after subtracting fp32's mean image from
+        both, which compares only what tells images apart: an untrained
+        network's features of different images can have plain cosines near
+        0.995 to each other; a row at the mean counts as 1); with
+        ``n_clusters``, ``kmeans_ari`` (the ARI of k-means on PCA to 50
+        dimensions of each, ``n_init=10``, seeded: the pipeline's default
+        preparation and its most-used algorithm) and
+        ``kmeans_matched_change`` (percent of images whose cluster differs
+        after matching the clusters one-to-one, the project's label change
+        with fp32's clusters as the labels); ``passed`` (the ARI at least
+        :data:`MIN_KMEANS_ARI` and the median centred cosine at least
+        :data:`MIN_MEDIAN_CENTRED_COSINE`), ``thresholds``, ``n_clusters``
+        and ``seed``. When fp32's features of these images take too few
+        distinct values to compare (fewer than ``n_clusters + 1``, or 2
+        without k-means), the centred and k-means figures are None,
+        ``passed`` is False and ``note`` says why. Cosines are rounded to six
+        decimals.
+
+    Raises
+    ------
+    ValueError
+        The two are not of one shape, or have no more than ``n_clusters``
+        rows (no rows, without k-means).
     """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
@@ -210,39 +238,54 @@ def fidelity(reference: np.ndarray, low: np.ndarray, n_clusters: int = 3, seed: 
     from cxrcluster import metrics
 
     ref = np.asarray(reference, dtype=np.float64)
-    got = np.asarray(low, dtype=np.float64)
-    if ref.shape != got.shape or len(ref) < n_clusters + 1:
-        raise ValueError(f"fidelity needs two feature sets of one shape with more than {n_clusters} rows, "
+    got = np.asarray(candidate, dtype=np.float64)
+    fewest = 1 if n_clusters is None else n_clusters + 1
+    if ref.shape != got.shape or ref.ndim != 2 or len(ref) < fewest:
+        raise ValueError(f"fidelity needs two feature sets of one shape with at least {fewest} rows, "
                          f"got {ref.shape} and {got.shape}")
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+    error = np.abs(got - ref).max(axis=1)
+    row_scale = np.abs(ref).max(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        plain = np.where(norms > 0, (got * ref).sum(axis=1) / norms,
+                         np.where((got == ref).all(axis=1), 1.0, 0.0))
+        relative = np.where(row_scale > 0, error / row_scale, error)
+    thresholds = {"median_centred_cosine": MIN_MEDIAN_CENTRED_COSINE}
+    if n_clusters is not None:
+        thresholds = {"kmeans_ari": MIN_KMEANS_ARI, **thresholds}
+    out = {"images": len(ref), "min_cosine": round(float(plain.min()), 6),
+           "max_relative_error": float(f"{float(relative.max()):.3g}")}
+    settings = {"thresholds": thresholds, "n_clusters": n_clusters, "seed": seed}
+
+    scale = np.abs(ref).max()  # relative: an untrained network's features can all be near 1e-11
+    distinct = len(np.unique((ref / scale).round(6), axis=0)) if scale > 0 else 1
+    if distinct < max(fewest, 2):  # nothing to compare: the check cannot fail, so it cannot pass
+        empty = {"min_centred_cosine": None, "median_centred_cosine": None}
+        if n_clusters is not None:
+            empty.update(kmeans_ari=None, kmeans_matched_change=None)
+        return {**out, **empty, "passed": False,
+                "note": f"fp32's features of these images take {distinct} distinct value(s): nothing to compare",
+                **settings}
     mean = ref.mean(axis=0)
     a, b = ref - mean, got - mean
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = np.where(norms > 0, (a * b).sum(axis=1) / norms, 1.0)
+    median = float(np.median(cosine))
+    out.update(min_centred_cosine=round(float(cosine.min()), 6), median_centred_cosine=round(median, 6))
+    if n_clusters is None:
+        return {**out, "passed": bool(median >= MIN_MEDIAN_CENTRED_COSINE), **settings}
 
     def kmeans(x: np.ndarray) -> np.ndarray:
         k = min(50, x.shape[1], len(x) - 1)
         reduced = PCA(n_components=k, random_state=seed).fit_transform(x)
         return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(reduced)
 
-    scale = np.abs(ref).max()  # relative: an untrained network's features can all be near 1e-11
-    distinct = len(np.unique((ref / scale).round(6), axis=0)) if scale > 0 else 1
-    if distinct < n_clusters + 1:  # nothing to cluster: the check cannot fail, so it cannot pass
-        return {"images": len(ref), "min_centred_cosine": None, "median_centred_cosine": None, "kmeans_ari": None,
-                "kmeans_matched_change": None, "passed": False,
-                "note": f"fp32's features of these images take {distinct} distinct value(s): nothing to compare",
-                "thresholds": {"kmeans_ari": MIN_KMEANS_ARI, "median_centred_cosine": MIN_MEDIAN_CENTRED_COSINE},
-                "n_clusters": n_clusters, "seed": seed}
     ka, kb = kmeans(ref), kmeans(got)
     ari = float(adjusted_rand_score(ka, kb))
     change = metrics.matched_label_change(ka.astype(str), kb)
-    median = float(np.median(cosine))
-    return {"images": len(ref), "min_centred_cosine": round(float(cosine.min()), 6),
-            "median_centred_cosine": round(median, 6), "kmeans_ari": round(ari, 6),
-            "kmeans_matched_change": round(change, 3),
-            "passed": bool(ari >= MIN_KMEANS_ARI and median >= MIN_MEDIAN_CENTRED_COSINE),
-            "thresholds": {"kmeans_ari": MIN_KMEANS_ARI, "median_centred_cosine": MIN_MEDIAN_CENTRED_COSINE},
-            "n_clusters": n_clusters, "seed": seed}
+    out.update(kmeans_ari=round(ari, 6), kmeans_matched_change=round(change, 3))
+    return {**out, "passed": bool(ari >= MIN_KMEANS_ARI and median >= MIN_MEDIAN_CENTRED_COSINE), **settings}
 
 
 def _cache_key(**parts) -> str:

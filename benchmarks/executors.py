@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.memory import synthetic_features
+from benchmarks.progress import log
 from cxrcluster import clustering, executor, features
-from cxrcluster.bench.memory import synthetic_features
-from cxrcluster.bench.progress import log
 
 
 def bench_executors(paths: Sequence[Path], model: str, weights: str, config: Path, *, suite_n: int,
@@ -36,7 +36,7 @@ def bench_executors(paths: Sequence[Path], model: str, weights: str, config: Pat
     config : pathlib.Path
         The clustering configuration.
     suite_n : int
-        Synthetic images the suite clusters (:func:`cxrcluster.bench.memory.synthetic_features`).
+        Synthetic images the suite clusters (:func:`benchmarks.memory.synthetic_features`).
     places : sequence of str
         Where to run, the first being the reference (``""``: this process).
     """

@@ -1,7 +1,7 @@
 """The performance targets: what each one asks, what was measured, and whether it is met.
 
 :func:`targets` reads the rows of
-:data:`~cxrcluster.bench.report.CSV_COLUMNS` and judges, per model, the
+:data:`~benchmarks.report.CSV_COLUMNS` and judges, per model, the
 fastest path close enough to fp32 (:data:`COSINE_TARGET`), the pipeline's
 default path and decoding against the forward pass; then the whole clustering
 suite's time and memory at the largest size.
@@ -22,7 +22,7 @@ def targets(frame: pd.DataFrame, budget_gib: float = 8.0) -> list[tuple[str, str
     Parameters
     ----------
     frame : pandas.DataFrame
-        Rows of :data:`~cxrcluster.bench.report.CSV_COLUMNS`.
+        Rows of :data:`~benchmarks.report.CSV_COLUMNS`.
     budget_gib : float
         The clustering memory budget no algorithm may exceed at the largest size.
 

@@ -4,7 +4,7 @@ The CPU's model, cores, instruction-set flags, AMX and memory come from
 :func:`cxrcluster.engines.describe_cpu`; :func:`describe_machine` adds the
 platform, library versions, each engine's bf16 support and the environment
 variables of :data:`THREAD_ENV` that are set. The load average is read by the
-command line (:func:`cxrcluster.bench.cli.main`) at the start and the end.
+command line (:func:`benchmarks.cli.main`) at the start and the end.
 """
 
 from __future__ import annotations

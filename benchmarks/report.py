@@ -3,7 +3,7 @@
 :func:`write_report` writes every row (columns :data:`CSV_COLUMNS`) to the
 CSV, and the Markdown report: the machine, extraction, decoding, clustering as
 n grows, the whole suite and the targets
-(:func:`cxrcluster.bench.targets.targets`).
+(:func:`benchmarks.targets.targets`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.targets import targets
 from cxrcluster import atomic
-from cxrcluster.bench.targets import targets
 
 CSV_COLUMNS = [
     "section", "model", "weights", "path", "engine", "precision", "role", "input_size", "batch_size", "images",
@@ -152,7 +152,7 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, machine: dict, com
     if not clus.empty:
         sizes = sorted(int(n) for n in clus["n"].unique())
         lines += ["## Clustering: fit time and peak memory as n grows", "",
-                  "Synthetic 1,280-dimensional features (`cxrcluster.bench.synthetic_features`), prepared as "
+                  "Synthetic 1,280-dimensional features (`benchmarks.synthetic_features`), prepared as "
                   "configured, one fit (`seeds: 1`) per algorithm and size, each in its own process; peak "
                   "resident memory of that process. Each cell: fit time (wall), CPU time of fitting and scoring, "
                   "peak memory. *sub N*: fitted on a subsample of N, the rest assigned.",

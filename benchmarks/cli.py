@@ -1,11 +1,11 @@
-"""The command line of ``python -m cxrcluster.bench``: options, the images measured, the run.
+"""The command line of ``python -m benchmarks``: options, the images measured, the run.
 
 :func:`main` parses the options (``--help`` lists them), describes the
-machine, runs extraction (:func:`cxrcluster.bench.extraction.bench_extraction`)
-and clustering (:func:`cxrcluster.bench.memory.bench_clustering`) and writes
-the report (:func:`cxrcluster.bench.report.write_report`). Called with the
+machine, runs extraction (:func:`benchmarks.extraction.bench_extraction`)
+and clustering (:func:`benchmarks.memory.bench_clustering`) and writes
+the report (:func:`benchmarks.report.write_report`). Called with the
 hidden ``--cluster-worker <spec>``, it is instead a clustering child process
-(:func:`cxrcluster.bench.memory._cluster_worker`).
+(:func:`benchmarks.memory._cluster_worker`).
 """
 
 from __future__ import annotations
@@ -18,20 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrcluster import data, demo, models
-from cxrcluster.bench.executors import bench_executors
-from cxrcluster.bench.extraction import (
+from benchmarks.executors import bench_executors
+from benchmarks.extraction import (
     PATHS,
     PIPELINE_DEFAULT,
     bench_decode_cache,
     bench_extraction,
     choose_weights,
 )
-from cxrcluster.bench.gemm import bench_gemm
-from cxrcluster.bench.machine import describe_machine
-from cxrcluster.bench.memory import SUITE_N, _cluster_worker, bench_clustering
-from cxrcluster.bench.progress import log
-from cxrcluster.bench.report import write_report
+from benchmarks.gemm import bench_gemm
+from benchmarks.machine import describe_machine
+from benchmarks.memory import SUITE_N, _cluster_worker, bench_clustering
+from benchmarks.progress import log
+from benchmarks.report import write_report
+from cxrcluster import data, demo, models
 from cxrcluster.paths import DEMO_DATA_DIR, PROJECT_ROOT, resolve
 
 #: Real sample used when present (``<project>/../shared/data/cxr-sample``).
@@ -63,7 +63,7 @@ def select_images(data_dir: str | os.PathLike, limit: int | None = None) -> list
 
 def main(argv: list[str] | None = None) -> None:
     summary = sys.modules[__package__].__doc__.splitlines()[0]  # the package's, as ``--help`` always showed
-    parser = argparse.ArgumentParser(prog="python -m cxrcluster.bench", description=summary)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=summary)
     parser.add_argument("--out", default="reports/benchmarks",
                         help="output path without suffix: writes <out>.md and <out>.csv, or "
                              "<out>/benchmarks.md and .csv when <out> is a folder (default %(default)s)")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     time_cap = args.time_cap or (60.0 if quick else 90.0)
     limit = args.images or (8 if quick else None)
     data_dir = resolve(args.data_dir) if args.data_dir else default_data_dir()
-    command = "python -m cxrcluster.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = describe_machine()
     log(f"{machine['cpu']}, {machine['usable_cores']} cores, flags {' '.join(machine['flags'])}")
 

@@ -1,17 +1,18 @@
 """The machine's measured matrix-multiply throughput, and how much of it a backbone's forward pass reaches.
 
 :func:`bench_gemm` times two pieces of dense work through OpenVINO, compiled
-as the extraction paths are (:func:`cxrcluster.engines.make_forward`'s
-settings: every usable core, unpinned), in fp32 and in int8 (quantised by
-NNCF, so that OpenVINO runs its int8 kernels): one square matrix product
-(``matmul``) and one 3x3 convolution of a batch of 32 feature maps
-(``conv3x3``, the implicit GEMM that CNNs spend their time in; OpenVINO's
-convolution kernels can outrun its matrix product, 192 against 180 GFLOP/s
-on a 2-core AVX2 EPYC). The larger of the two, in GFLOP/s (two operations per
-multiply-add), is what this CPU sustains on the friendliest work there is. :func:`model_flops` counts a Keras backbone's
-multiply-adds per image (convolutions and dense layers, the work that
-dominates), so that a path's forward images/s times that count, divided by
-the GEMM figure, is the share of the machine the path uses.
+as the extraction paths are (:func:`cxrcluster.engines.compile_openvino`:
+every usable core, unpinned), in fp32 and in int8 (quantised by NNCF as
+extraction's int8 is, :func:`cxrcluster.engines.quantise_int8`, so that
+OpenVINO runs its int8 kernels): one square matrix product (``matmul``) and
+one 3x3 convolution of a batch of 32 feature maps (``conv3x3``, the implicit
+GEMM that CNNs spend their time in; OpenVINO's convolution kernels can outrun
+its matrix product, 192 against 180 GFLOP/s on a 2-core AVX2 EPYC). The
+larger of the two, in GFLOP/s (two operations per multiply-add), is what this
+CPU sustains on the friendliest work there is. :func:`model_flops` counts a
+Keras backbone's multiply-adds per image (convolutions and dense layers, the
+work that dominates), so that a path's forward images/s times that count,
+divided by the GEMM figure, is the share of the machine the path uses.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import time
 
 import numpy as np
 
+from benchmarks.progress import log
 from cxrcluster import engines
-from cxrcluster.bench.progress import log
 
 #: Side of the square matrices multiplied.
 GEMM_N = 1024
@@ -54,21 +55,16 @@ def bench_gemm(precisions: tuple[str, ...] = ("fp32", "int8"), n: int = GEMM_N, 
     int8 is measured on every CPU; its row says whether the CPU has integer
     dot-product units (:func:`cxrcluster.engines.int8_support`) or emulates them.
     """
-    ov = engines._openvino()
+    engines.check_engine("openvino", "fp32")  # says how to install OpenVINO when it is missing
     rows = []
     for precision, kind in [(p, k) for p in precisions for k in ("matmul", "conv3x3")]:
         model, x, flops = _work(kind, n)
         note = ""
         if precision == "int8":
-            nncf = engines._nncf()
-            import logging
-
-            logging.getLogger("nncf").setLevel(logging.WARNING)
-            model = nncf.quantize(model, nncf.Dataset([x, x * 0.5]), subset_size=2)
+            model = engines.quantise_int8(model, [x, x * 0.5])
             native, why = engines.int8_support()
             note = ("native: " if native else "emulated (no integer dot-product units): ") + why
-        hint = "bf16" if precision == "bf16" else "f32"
-        compiled = ov.Core().compile_model(model, "CPU", engines.openvino_config(hint))
+        compiled = engines.compile_openvino(model, precision)
         request = compiled.create_infer_request()
         request.infer({0: x})
         times = []

@@ -8,9 +8,9 @@ algorithm that times out is not tried at larger ``n``. Then the whole suite,
 as configured (5 seeds), on ``n = 5,228`` raw synthetic features, default
 preparation included.
 
-The child process is ``python -m cxrcluster.bench --cluster-worker <spec>``
+The child process is ``python -m benchmarks --cluster-worker <spec>``
 (:func:`_cluster_worker`), started and watched by :func:`_run_child`. Rows are
-those of :data:`cxrcluster.bench.report.CSV_COLUMNS`.
+those of :data:`benchmarks.report.CSV_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrcluster.bench.progress import log
+from benchmarks.progress import log
 
 SUITE_N = 5_228
 """The real dataset's image count, at which the whole suite is timed."""
@@ -162,8 +162,11 @@ def _run_child(spec: dict, workdir: Path, time_cap: float, address_space_gib: fl
 
     spec_path = workdir / f"spec-{time.monotonic_ns()}.json"
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrcluster.bench", "--cluster-worker", str(spec_path)],
+    # ``benchmarks`` is not installed: the child finds it where this process did, from any folder
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", "--cluster-worker", str(spec_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_limit_address_space(address_space_gib))
     lines: queue.Queue = queue.Queue()
@@ -240,7 +243,7 @@ def bench_clustering(config_path: str | os.PathLike, sizes: Sequence[int], *, ti
     Returns
     -------
     list of dict
-        Rows of :data:`~cxrcluster.bench.report.CSV_COLUMNS` (sections ``clustering`` and ``suite``).
+        Rows of :data:`~benchmarks.report.CSV_COLUMNS` (sections ``clustering`` and ``suite``).
     """
     from cxrcluster import clustering
 

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxrcluster import bench, demo, engines
+import benchmarks as bench
+from cxrcluster import demo, engines, extraction_path
 from cxrcluster.paths import PROJECT_ROOT
 
 CONFIG = PROJECT_ROOT / "config" / "clustering.yaml"
@@ -32,25 +33,26 @@ def test_synthetic_features_are_seeded_non_negative_and_grouped():
     ([[0.0, 0.0]], [[0.0, 0.0]], 1.0, 0.0),  # all-zero features agree
 ])
 def test_fidelity(features, reference, cosine, rel_error):
-    got_cos, got_rel = bench.fidelity(np.array(features), np.array(reference))
-    assert got_cos == pytest.approx(cosine) and got_rel == pytest.approx(rel_error)
+    # the bench's fidelity columns are the pipeline's check's figures (min_cosine, max_rel_error)
+    got = extraction_path.fidelity(np.array(reference), np.array(features), n_clusters=None)
+    assert got["min_cosine"] == pytest.approx(cosine) and got["max_relative_error"] == pytest.approx(rel_error)
 
 
 def test_centred_cosine_sees_what_a_shared_direction_hides():
     # two images whose features share one large direction and differ in a small one
     reference = np.array([[10.0, 0.0], [10.0, 1.0]])
     swapped = reference[::-1].copy()  # each image given the other's features
-    plain, _ = bench.fidelity(swapped, reference)
-    assert plain > 0.99  # the plain cosine barely notices
-    assert bench.centred_cosine(swapped, reference) == pytest.approx(-1.0)
-    assert bench.centred_cosine(reference, reference) == pytest.approx(1.0)
+    got = extraction_path.fidelity(reference, swapped, n_clusters=None)
+    assert got["min_cosine"] > 0.99  # the plain cosine barely notices
+    assert got["min_centred_cosine"] == pytest.approx(-1.0) and not got["passed"]
+    assert extraction_path.fidelity(reference, reference, n_clusters=None)["min_centred_cosine"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shape"):
-        bench.centred_cosine(np.zeros((2, 3)), np.zeros((3, 3)))
+        extraction_path.fidelity(np.zeros((3, 3)), np.zeros((2, 3)), n_clusters=None)
 
 
 def test_fidelity_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="shape"):
-        bench.fidelity(np.zeros((2, 3)), np.zeros((3, 3)))
+        extraction_path.fidelity(np.zeros((5, 3)), np.zeros((5, 4)))
 
 
 def _extraction(path, speedup, cosine, forward=None, role=""):
@@ -214,7 +216,7 @@ def test_report_names(tmp_path, out, written):
 @pytest.mark.slow
 def test_executors_are_timed_and_checked_against_this_process(tmp_path):
     """This process against a one-worker local cluster: every part timed, and found equal."""
-    from cxrcluster.bench.executors import bench_executors
+    from benchmarks.executors import bench_executors
 
     data_dir = demo.write_demo_dataset(tmp_path / "demo")
     config = tmp_path / "c.yaml"

@@ -26,11 +26,12 @@ interleaved rounds so that a change in the machine's load hits them all):
 Each path is warmed up (graphs traced and compiled on one batch), then timed
 over every image ``repeats`` times; the median is reported, and the speed-up
 is the median over rounds of the ratio to the baseline of the same round (on
-a shared machine the load can change between rounds). Fidelity is
-measured against the fp32 reference: the smallest per-image cosine similarity
-and the largest per-image error relative to the image's largest feature, the
-smallest and median centred cosines, and the agreement of a k-means clustering
-of both (:func:`cxrcluster.extraction_path.fidelity`: ARI and matched change). The
+a shared machine the load can change between rounds). Fidelity to the fp32
+reference is the pipeline's own check, :func:`cxrcluster.extraction_path.fidelity`:
+the smallest per-image cosine similarity and the largest per-image error
+relative to the image's largest feature, the smallest and median centred
+cosines, and (with more than three images) the agreement of a k-means
+clustering of both, ARI and matched change, and whether the path passes. The
 baseline feeds other inputs (x / 255, nearest resize, no
 ``preprocess_input``), so its features are not comparable and are not scored.
 
@@ -44,7 +45,7 @@ depend on the weight values; fidelity
 figures of random-weight networks say how an engine treats that architecture,
 not how it treats the trained network.
 
-Rows are those of :data:`cxrcluster.bench.report.CSV_COLUMNS`.
+Rows are those of :data:`benchmarks.report.CSV_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.progress import log
 from cxrcluster import engines, extraction_path, features, models
-from cxrcluster.bench.progress import log
 
 BASELINE_BATCH_SIZE = 16
 """The original study's ``predict`` batch size."""
@@ -81,57 +82,6 @@ REFERENCE = "tensorflow-fp32"
 #: The path the pipeline runs by default: the Makefile's ``ENGINE``-``PRECISION`` (``make bench``
 #: passes them; this is for direct calls). ``auto``: the rule of :mod:`cxrcluster.extraction_path`.
 PIPELINE_DEFAULT = "auto"
-
-
-def fidelity(features_: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """Smallest per-image cosine similarity and largest per-image relative error.
-
-    The relative error of an image is ``max |f - r| / max |r|`` over its
-    features: pooled features are often zero or tiny, so element-wise ratios
-    would measure nothing but the smallest activations.
-
-    Parameters
-    ----------
-    features_, reference : numpy.ndarray, shape (n, d)
-
-    Returns
-    -------
-    min_cosine, max_rel_error : float
-    """
-    f = np.asarray(features_, dtype=np.float64)
-    r = np.asarray(reference, dtype=np.float64)
-    if f.shape != r.shape:
-        raise ValueError(f"features of shape {f.shape} against a reference of shape {r.shape}")
-    norms = np.linalg.norm(f, axis=1) * np.linalg.norm(r, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = np.where(norms > 0, (f * r).sum(axis=1) / norms, np.where((f == r).all(axis=1), 1.0, 0.0))
-        scale = np.abs(r).max(axis=1)
-        rel = np.where(scale > 0, np.abs(f - r).max(axis=1) / scale, np.abs(f - r).max(axis=1))
-    return float(cosine.min()), float(rel.max())
-
-
-def centred_cosine(features_: np.ndarray, reference: np.ndarray) -> float:
-    """Smallest per-image cosine after subtracting the reference's mean feature from both.
-
-    Plain cosines flatter a network whose features all point one way: an
-    untrained ResNet50's features of different images already have cosines
-    near 0.995 to each other, so 0.9999 to fp32 says little. Centred on the
-    reference's mean image, only what tells images apart is compared.
-
-    Parameters
-    ----------
-    features_, reference : numpy.ndarray, shape (n, d)
-
-    Returns
-    -------
-    float
-    """
-    f = np.asarray(features_, dtype=np.float64)
-    r = np.asarray(reference, dtype=np.float64)
-    if f.shape != r.shape:
-        raise ValueError(f"features of shape {f.shape} against a reference of shape {r.shape}")
-    mean = r.mean(axis=0)
-    return fidelity(f - mean, r - mean)[0]
 
 
 def _run_loop(forward: engines.Forward, paths: Sequence[Path], size: int, batch_size: int,
@@ -194,7 +144,7 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
     Returns
     -------
     list of dict
-        Rows of :data:`~cxrcluster.bench.report.CSV_COLUMNS` (sections ``extraction`` and ``decoding``).
+        Rows of :data:`~benchmarks.report.CSV_COLUMNS` (sections ``extraction`` and ``decoding``).
     """
     import keras
 
@@ -213,7 +163,7 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
             warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
             model, _ = models.build_backbone(name, used_weights)
         preprocess = backbone.preprocess_input()
-        from cxrcluster.bench.gemm import model_flops
+        from benchmarks.gemm import model_flops
 
         common = {"section": "extraction", "model": name, "weights": used_weights, "input_size": size,
                   "images": len(paths), "repeats": repeats, "gflop_per_image": round(model_flops(model) / 1e9, 4)}
@@ -316,11 +266,12 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
                 row["note"] += ("; other inputs (RGB, nearest resize, x/255, no preprocess_input): "
                                 "features not comparable")
             else:
-                cos, rel = fidelity(first[path], reference)
-                row.update(min_cosine=round(cos, 6), max_rel_error=float(f"{rel:.3g}"),
-                           min_centred_cosine=round(centred_cosine(first[path], reference), 6))
-                if len(paths) > 3:
-                    agree = extraction_path.fidelity(reference, first[path], n_clusters=3, seed=0)
+                # k-means of three clusters needs more than three images
+                agree = extraction_path.fidelity(reference, first[path], n_clusters=3 if len(paths) > 3 else None,
+                                                 seed=0)
+                row.update(min_cosine=agree["min_cosine"], max_rel_error=agree["max_relative_error"],
+                           min_centred_cosine=agree["min_centred_cosine"])
+                if "kmeans_ari" in agree:
                     row.update(median_centred_cosine=agree["median_centred_cosine"],
                                kmeans_ari=agree["kmeans_ari"], kmeans_matched_change=agree["kmeans_matched_change"],
                                passes_check=agree["passed"])
@@ -338,7 +289,7 @@ def bench_decoding(paths: Sequence[Path], size: int, *, repeats: int = 3, batch_
     Returns
     -------
     dict
-        One row of :data:`~cxrcluster.bench.report.CSV_COLUMNS` (section ``decoding``).
+        One row of :data:`~benchmarks.report.CSV_COLUMNS` (section ``decoding``).
     """
     for _ in features.iter_batches(list(paths), size, batch_size, workers=workers):
         pass  # warm-up: file cache
