@@ -20,10 +20,11 @@ import math
 import multiprocessing
 import operator
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -157,118 +158,169 @@ def run_suite(
         raise ValueError(f"features of shape {X.shape} for {labels.shape[0]} labels")
     if np.isnan(X).any():
         raise ValueError("features contain NaN; drop those images before clustering")
-    n_classes = int(np.unique(labels).size)
-    seeds = derive_seeds(cfg["seed"], cfg["seeds"])
-    budget = float(cfg["memory_budget_gb"]) * GIB
-
     names = [name for name, spec in cfg["algorithms"].items() if spec["enabled"]]
     own = {}  # the algorithms' own preparations, one computation each
     for name in names:
         own.setdefault(_preparation_key(cfg, name), cfg["algorithms"][name].get("preparation", cfg["preparation"]))
     own.pop(_to_json(cfg["preparation"]), None)
+    grid = _Grid(X, labels, cfg, names, own, n_classes=int(np.unique(labels).size),
+                 seeds=derive_seeds(cfg["seed"], cfg["seeds"]), budget=float(cfg["memory_budget_gb"]) * GIB,
+                 model=model, progress=progress)
     if cluster is not None:  # one thread per step there too (_fit_seed, _prepare)
         with threadpool_limits(1):
-            rows, cluster_ids = _run_on_cluster(cluster, X, labels, cfg, names, own, n_classes, seeds, budget,
-                                                model, progress)
+            rows, cluster_ids = _run_on_cluster(grid, cluster)
     else:
-        rows, cluster_ids = _run_here(X, labels, cfg, names, own, n_classes, seeds, budget, model, progress,
-                                      background)
+        rows, cluster_ids = _run_here(grid, background)
     return pd.DataFrame([{"model": model, **rows[name]} for name in names], columns=RESULT_COLUMNS), \
         {name: cluster_ids[name] for name in names if name in cluster_ids}
 
 
-def _run_here(X, labels, cfg, names, own, n_classes, seeds, budget, model, progress, background):
+@dataclass(frozen=True)
+class _Grid:
+    """One run of the suite, decided once by :func:`run_suite`, that both runners read.
+
+    ``names`` are the enabled algorithms in configuration order; ``own`` the
+    algorithms' own preparations by key (:func:`_preparation_key`), one
+    computation each, the shared preparation left out; ``plans`` (computed on
+    first use) what each algorithm runs, or the row of one that cannot start.
+    """
+
+    X: np.ndarray
+    labels: np.ndarray
+    cfg: Mapping
+    names: list[str]
+    own: dict[str, Mapping]
+    n_classes: int
+    seeds: list[int]
+    budget: float
+    model: str
+    progress: bool
+
+    @property
+    def shared_key(self) -> str:
+        """The key of the shared preparation (the configuration's ``preparation``)."""
+        return _to_json(self.cfg["preparation"])
+
+    def preparation_key(self, name: str) -> str:
+        """The key of the preparation algorithm ``name`` is fitted on."""
+        return _preparation_key(self.cfg, name)
+
+    @cached_property
+    def plans(self) -> dict[str, _Plan | dict]:
+        """:func:`_planned` of every algorithm, from the shape of ``X``.
+
+        Planned before any preparation is computed, so that a cluster gets every
+        fit at once; the memory estimates read the image count, which every
+        preparation keeps, and no estimate reads the dimension.
+        """
+        return {name: _planned(name, self.cfg["algorithms"][name], self.X.shape, self.n_classes, self.seeds,
+                               self.budget) for name in self.names}
+
+
+def _run_here(grid: _Grid, background: bool) -> tuple[dict, dict]:
     """The suite in this process, one algorithm after another (the UMAP preparation in a second one)."""
-    shared_key = _to_json(cfg["preparation"])
+    cfg = grid.cfg
     # One thread for every step, here and in the worker: the results do not depend on the machine's
     # core count, and the second core computes the UMAP preparation meanwhile. At 5,228 synthetic
     # images one thread fitted as fast as two or faster (BayesianGaussianMixture 1.25 s against
     # 5.7 s, KMeans 0.06 s against 0.24 s), Spectral alone 15 % slower; with two threads beside
     # the worker, MiniBatchKMeans and BisectingKMeans took 4.5 s instead of 0.1 s.
-    with threadpool_limits(1), _Preparations(X, own, cfg["seed"], background=background) as pending:
-        prepared = {shared_key: _prepare(X, cfg["preparation"], cfg["seed"])}
-        rows, cluster_ids = {}, {}
-        # those on the shared preparation first, while the others' are computed
-        order = sorted(names, key=lambda n: _preparation_key(cfg, n) != shared_key)
-        bar = tqdm(order, desc=model or "clustering", unit="algorithm", disable=not progress)
-        for name in bar:
-            bar.set_postfix_str(name)
-            key = _preparation_key(cfg, name)
+    with threadpool_limits(1), _Preparations(grid.X, grid.own, cfg["seed"], background=background) as pending:
+        prepared = {grid.shared_key: _prepare(grid.X, cfg["preparation"], cfg["seed"])}
+
+        def prepared_for(name: str) -> tuple[np.ndarray, str]:
+            key = grid.preparation_key(name)
             if key not in prepared:
                 prepared[key] = pending.result(key)
-            X_prepared, description = prepared[key]
-            row, clusters = _run_algorithm(name, cfg["algorithms"][name], X_prepared, labels, n_classes, seeds,
-                                           budget, cfg)
-            rows[name] = _with_comparable(row, clusters, name, X_prepared, prepared[shared_key][0], description, cfg)
-            if clusters is not None:
-                cluster_ids[name] = clusters
-    return rows, cluster_ids
+            return prepared[key]
+
+        # those on the shared preparation first, while the others' are computed
+        order = sorted(grid.names, key=lambda n: grid.preparation_key(n) != grid.shared_key)
+        return _scored(grid, _with_bar(order, grid), prepared_for,
+                       lambda name, X_prepared: _run_algorithm(grid.plans[name], X_prepared, grid.budget),
+                       prepared[grid.shared_key][0])
 
 
-def _run_on_cluster(cluster, X, labels, cfg, names, own, n_classes, seeds, budget, model, progress):
+def _with_bar(names: list[str], grid: _Grid) -> Iterator[str]:
+    """``names``, in a progress bar over the algorithms that shows the current one."""
+    bar = tqdm(names, desc=grid.model or "clustering", unit="algorithm", disable=not grid.progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        yield name
+
+
+def _run_on_cluster(grid: _Grid, cluster) -> tuple[dict, dict]:
     """The suite on a Dask cluster: every fit (algorithm x seed) and every own preparation is a task.
 
     The shared preparation is computed here and sent to the workers once; the
-    fits run side by side; each algorithm is scored here, in configuration
-    order, from its fits in seed order, exactly as :func:`_run_here` scores
-    them, so the table and cluster ids are the same (fitting times apart).
+    fits run side by side; each algorithm is then scored here, in configuration
+    order, from its fits in seed order, by the loop :func:`_run_here` scores
+    with (:func:`_scored`), so the table and cluster ids are the same (fitting
+    times apart).
     """
     from dask.base import tokenize
 
     from cxrcluster import executor
 
-    client = cluster.client
-    shared_key = _to_json(cfg["preparation"])
-    shared = _prepare(X, cfg["preparation"], cfg["seed"])
-    token = tokenize(X, cfg["seed"])
-    inputs = {shared_key: client.scatter(shared[0], broadcast=False)}
+    client, cfg = cluster.client, grid.cfg
+    shared = _prepare(grid.X, cfg["preparation"], cfg["seed"])
+    token = tokenize(grid.X, cfg["seed"])
+    inputs = {grid.shared_key: client.scatter(shared[0], broadcast=False)}
     tuples = {}
-    if own:
-        X_remote = client.scatter(X, broadcast=False)
-        for key, preparation in own.items():
+    if grid.own:
+        X_remote = client.scatter(grid.X, broadcast=False)
+        for key, preparation in grid.own.items():
             tuples[key] = client.submit(_prepare, X_remote, dict(preparation), cfg["seed"],
                                         key=f"prepare-{tokenize(key)}-{token}")
             inputs[key] = client.submit(operator.getitem, tuples[key], 0, key=f"prepared-{tokenize(key)}-{token}")
-    rows, plans, tasks = {}, {}, []
-    for name in names:
-        plan = _planned(name, cfg["algorithms"][name], X.shape, n_classes, seeds, budget)
-        if isinstance(plan, dict):
-            rows[name] = {**plan, "preparation": _description(cfg, name, shared, tuples)}
-            continue
-        plans[name] = plan
-        source = inputs[_preparation_key(cfg, name)]
-        for seed in plan.seeds:
-            tasks.append((name, client.submit(_fit_seed, plan, source, seed, budget,
-                                              key=f"fit-{model}-{name}-{seed}-{token}")))
-    fits = {name: [] for name in plans}
+    tasks = []
+    for name, plan in grid.plans.items():
+        if isinstance(plan, _Plan):
+            source = inputs[grid.preparation_key(name)]
+            for seed in plan.seeds:
+                tasks.append((name, client.submit(_fit_seed, plan, source, seed, grid.budget,
+                                                  key=f"fit-{grid.model}-{name}-{seed}-{token}")))
     futures = [future for _, future in tasks]
-    cluster_ids = {}
     try:
-        for _ in executor.completed(cluster, futures, desc=f"{model or 'clustering'} fits", unit="fit",
-                                    progress=progress):
+        for _ in executor.completed(cluster, futures, desc=f"{grid.model or 'clustering'} fits", unit="fit",
+                                    progress=grid.progress):
             pass  # the bar moves as fits complete; they are scored below, in order
+        fits = {name: [] for name in grid.names}
         for name, future in tasks:
             fits[name].append(future.result())
-        prepared = {shared_key: shared, **{key: future.result() for key, future in tuples.items()}}
-        for name, plan in plans.items():
-            X_prepared, description = prepared[_preparation_key(cfg, name)]
-            row, clusters = _score(plan, fits[name], X_prepared, labels, cfg)
-            rows[name] = _with_comparable(row, clusters, name, X_prepared, shared[0], description, cfg)
-            if clusters is not None:
-                cluster_ids[name] = clusters
+        prepared = {grid.shared_key: shared, **{key: future.result() for key, future in tuples.items()}}
+        return _scored(grid, grid.names, lambda name: prepared[grid.preparation_key(name)],
+                       lambda name, _: fits[name], shared[0])
     finally:
         client.cancel([f for f in futures + list(tuples.values()) + list(inputs.values()) if not f.done()])
+
+
+def _scored(grid: _Grid, order: Iterable[str], prepared_for: Callable[[str], tuple[np.ndarray, str]],
+            fits_of: Callable[[str, np.ndarray], list], shared: np.ndarray) -> tuple[dict, dict]:
+    """The loop of both runners: each algorithm of ``order`` scored from its fits, with its comparable silhouette.
+
+    ``prepared_for(name)`` gives the prepared features and their description
+    the algorithm is fitted on, ``fits_of(name, X_prepared)`` its fits in seed
+    order (:func:`_fit_seed`), and ``shared`` is the shared preparation (for
+    :func:`_with_comparable`). An algorithm that cannot start keeps the row
+    of its plan. Returns the rows and the cluster ids by algorithm.
+    """
+    rows, cluster_ids = {}, {}
+    for name in order:
+        X_prepared, description = prepared_for(name)
+        plan = grid.plans[name]
+        if isinstance(plan, dict):
+            row, clusters = plan, None
+        else:
+            row, clusters = _score(plan, fits_of(name, X_prepared), X_prepared, grid.labels, grid.cfg)
+        rows[name] = _with_comparable(row, clusters, name, X_prepared, shared, description, grid.cfg)
+        if clusters is not None:
+            cluster_ids[name] = clusters
     return rows, cluster_ids
 
 
 def _preparation_key(cfg: Mapping, name: str) -> str:
     return _to_json(cfg["algorithms"][name].get("preparation", cfg["preparation"]))
-
-
-def _description(cfg, name, shared, tuples) -> str:
-    """The preparation's description of an algorithm that did not start (computing it if need be)."""
-    key = _preparation_key(cfg, name)
-    return shared[1] if key == _to_json(cfg["preparation"]) else tuples[key].result()[1]
 
 
 def _with_comparable(row: dict, clusters, name: str, X_prepared: np.ndarray, shared: np.ndarray,
@@ -459,26 +511,14 @@ def _fit_seed(plan: _Plan, X: np.ndarray, seed: int, budget: float) -> tuple[np.
     return clusters, fit, time.perf_counter() - start
 
 
-def _run_algorithm(
-    name: str,
-    spec: Mapping,
-    X: np.ndarray,
-    labels: np.ndarray,
-    n_classes: int,
-    seeds: list[int],
-    budget: float,
-    cfg: Mapping,
-) -> tuple[dict, np.ndarray | None]:
-    """One algorithm in this process: plan, fit each seed until one stops, and score."""
-    plan = _planned(name, spec, X.shape, n_classes, seeds, budget)
-    if isinstance(plan, dict):
-        return plan, None
+def _run_algorithm(plan: _Plan, X: np.ndarray, budget: float) -> list:
+    """One algorithm in this process: fit each seed of its plan, in order, until one stops."""
     fits = []
     for seed in plan.seeds:
         fits.append(_fit_seed(plan, X, seed, budget))
         if isinstance(fits[-1], _Stopped):
             break
-    return _score(plan, fits, X, labels, cfg)
+    return fits
 
 
 def _score(plan: _Plan, fits: list, X: np.ndarray, labels: np.ndarray, cfg: Mapping) -> tuple[dict, np.ndarray | None]:
