@@ -190,7 +190,8 @@ $(1)/original_labels.csv $(1)/reports/dataset.json &: notebooks/00-prepare-data.
 	    -r patient_column "$(PATIENT_COLUMN)",$(1))
 
 # 01: the dataset audit, ahead of extraction
-$(1)/reports/audit/confound.json $(1)/reports/duplicates.csv &: notebooks/01-audit-data.ipynb \
+$(1)/reports/audit/confound.json $(1)/reports/audit/metadata.csv $(1)/reports/audit/summary.csv \
+    $(1)/reports/duplicates.csv &: notebooks/01-audit-data.ipynb \
     $(1)/original_labels.csv $(1)/reports/dataset.json $(3) $(SRC_AUDIT) | $(VENV_OK)
 	$$(call papermill,01-audit-data,01-audit-data,-r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv \
 	    -r dataset_json $(1)/reports/dataset.json -r audit_dir $(1)/reports/audit \
@@ -296,18 +297,22 @@ cluster: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/results/$(m).csv $(cal
 issues: $(call out,$(VARIANT))/label_issues.csv ## label issues per image and the planted-noise check
 
 # ---- Development ------------------------------------------------------------------------------
+.PHONY: test-fast
+test-fast: $(VENV_OK) ## the unit tier: tiny data, no notebooks, no make runs, no clusters, no quantisation (< 2 min)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 .PHONY: test
-test: $(VENV_OK) ## run the tests (unit, notebooks, end to end on ../shared when present)
+test: $(VENV_OK) ## every tier: unit, notebooks, Dask, int8, end to end, real data of ../shared when present
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(VENV_OK) ## ruff on src, tests and notebooks; committed notebooks must carry no outputs
-	$(PY) -m ruff check src tests notebooks
+lint: $(VENV_OK) ## ruff on src, tests, notebooks and benchmarks; committed notebooks must carry no outputs
+	$(PY) -m ruff check src tests notebooks benchmarks
 	$(PY) -m nbstripout --verify notebooks/*.ipynb
 
 .PHONY: bench
 bench: $(VENV_OK) ## measure extraction and clustering speed into reports/benchmarks.md (not part of test)
-	$(PY) -m cxrcluster.bench --out reports/benchmarks --pipeline-default $(if $(filter auto,$(ENGINE) $(PRECISION)),auto,$(ENGINE)-$(PRECISION))
+	$(PY) -m benchmarks --out reports/benchmarks --pipeline-default $(if $(filter auto,$(ENGINE) $(PRECISION)),auto,$(ENGINE)-$(PRECISION))
 
 .PHONY: lab
 lab: $(VENV_OK) ## open JupyterLab on notebooks/ with the project's kernel

@@ -1,4 +1,13 @@
-"""Shared fixtures: where ../shared is, and an offline Keras cache that points at it."""
+"""Shared fixtures: where ../shared is, an offline Keras cache that points at it, and the test tiers.
+
+The tiers (README: tests). Every test is in the **unit** tier unless a marker puts it in a heavier one:
+``notebook`` (executes notebooks in a kernel), ``e2e`` (runs ``make`` end to end), ``dask`` (starts
+scheduler and worker processes), ``int8`` (quantises a network with NNCF), ``shared`` (reads the real
+images or weights of ``../shared``: :data:`needs_sample`, :data:`needs_weights`), or ``slow`` itself
+(builds full-size networks, fits full suites, or takes more than a few seconds for another reason).
+Every test of a heavy tier is also marked ``slow`` here, so that ``-m "not slow"`` (``make test-fast``)
+is the unit tier.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +25,27 @@ SHARED = Path(os.environ.get("CXR_SHARED", PROJECT_ROOT.parent / "shared"))
 SAMPLE_DIR = SHARED / "data" / "cxr-sample"
 WEIGHTS_MODELS_DIR = SHARED / "weights" / "keras" / "models"
 
-needs_sample = pytest.mark.skipif(not SAMPLE_DIR.is_dir(),
-                                  reason=f"real chest X-ray sample not found at {SAMPLE_DIR} (../shared absent)")
+#: Markers of the heavy tiers; each implies ``slow`` (:func:`pytest_collection_modifyitems`).
+HEAVY_TIERS = ("notebook", "e2e", "dask", "int8", "shared")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in HEAVY_TIERS):
+            item.add_marker(pytest.mark.slow)
+
+
+def _needs_shared(available: bool, reason: str):
+    """A decorator: the test is in the ``shared`` tier, and skips with ``reason`` when ``../shared`` lacks it."""
+    skip = pytest.mark.skipif(not available, reason=reason)
+
+    def mark(test):
+        return pytest.mark.shared(skip(test))
+    return mark
+
+
+needs_sample = _needs_shared(SAMPLE_DIR.is_dir(),
+                             f"real chest X-ray sample not found at {SAMPLE_DIR} (../shared absent)")
 
 
 HAVE_WEIGHTS = (WEIGHTS_MODELS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5").is_file()
@@ -41,8 +69,8 @@ def _offline_keras_home() -> str | None:
 
 KERAS_HOME = _offline_keras_home()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-needs_weights = pytest.mark.skipif(
-    not HAVE_WEIGHTS, reason=f"MobileNetV2-0.35 ImageNet weights not found in {WEIGHTS_MODELS_DIR} (../shared absent)")
+needs_weights = _needs_shared(
+    HAVE_WEIGHTS, f"MobileNetV2-0.35 ImageNet weights not found in {WEIGHTS_MODELS_DIR} (../shared absent)")
 
 
 #: A hand-written results table of two models x three algorithms. The failed run has the lowest

@@ -15,7 +15,7 @@ from conftest import HAND_MADE_RESULTS as RESULTS
 from matplotlib.patches import Rectangle
 from sklearn.datasets import make_blobs
 
-from cxrcluster import comparisons, figures
+from cxrcluster import comparison_figures, figures
 
 NOTE = "synthetic demo data - not evidence"
 
@@ -165,7 +165,7 @@ def test_supervised_vs_clustering_draws_both_bests_and_each_ones_chance():
                             "comparable_silhouette": [0.4, 0.1, 0.9, 0.3], "stability": [1.0, np.nan, np.nan, 1.0],
                             "chance_label_change": [60.0, 55.0, 66.0, 61.0],
                             "status": ["ok", "ok", "degenerate: 1 cluster", "failed: x"]})
-    fig = comparisons.supervised_vs_clustering_figure(classification, results)
+    fig = comparison_figures.supervised_vs_clustering_figure(classification, results)
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches]
     assert heights[:2] == pytest.approx([90.0, 80.0])  # probe bars
@@ -184,7 +184,7 @@ def test_variants_figure_has_three_panels_with_both_variants():
     comparison = pd.DataFrame({"model": ["M"], "best_label_change_full": [10.0], "best_label_change_masked": [20.0],
                                "kmeans_ari_full": [0.6], "kmeans_ari_masked": [0.4],
                                "probe_accuracy_full": [0.9], "probe_accuracy_masked": [0.85]})
-    fig = comparisons.variants_figure(comparison)
+    fig = comparison_figures.variants_figure(comparison)
     assert len(fig.axes) == 3
     assert [p.get_height() for p in fig.axes[1].patches] == pytest.approx([0.6, 0.4])
 

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from cxrcluster import metrics
+from cxrcluster import metrics, products
 from cxrcluster.drift import label_drift, thumbnail_gallery
 from cxrcluster.figures import with_data_note
 from cxrcluster.probe import linear_probe_cv
@@ -46,17 +46,11 @@ COMBINE_RULE = ("mean of the two signals' rank percentiles: drift share (higher 
                 "cleanlab's label quality of the models together (lower is more suspect)")
 """How :func:`combined_score` combines the signals, in words for the reports."""
 
-ISSUE_COLUMNS = [
-    "rank", "image_name", "label", "combined_score",
-    "drift_share", "n_runs", "drift_target",
-    "cleanlab_issue", "cleanlab_quality", "cleanlab_suggested",
-    "duplicate_conflict",
-]
+ISSUE_COLUMNS = products.LABEL_ISSUES.column_names
 """Leading columns of ``label_issues.csv``; per-model cleanlab columns follow
 (``cleanlab_issue_<model>``, ``cleanlab_quality_<model>``, ``cleanlab_suggested_<model>``)."""
 
-CHECK_COLUMNS = ["fraction", "n_flipped", "n_images", "signal", "roc_auc", "average_precision",
-                 "precision_at_k", "prevalence", "seed"]
+CHECK_COLUMNS = products.LABEL_NOISE_CHECK.column_names
 """Columns of ``reports/label_noise_check.csv``: one row per planted share and signal."""
 
 

@@ -10,13 +10,10 @@ it can be rebuilt after any part of the pipeline.
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 
-import pandas as pd
-
-from cxrcluster import atomic, data, label_issues, results
+from cxrcluster import atomic, data, label_issues, products, results
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -44,11 +41,11 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
         The index page.
     """
     root = Path(out_root)
-    reports = root / "reports"
-    index = reports / "index.html"
+    index = products.INDEX.under(root)
+    reports = index.parent
     parts = [f"<h1>{html.escape(title)}</h1>"]
 
-    dataset_json = reports / "dataset.json"
+    dataset_json = products.DATASET.under(root)
     if dataset_json.is_file():
         ds = data.read_dataset_description(dataset_json)
         if ds.get("synthetic"):
@@ -57,32 +54,21 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
         classes = ", ".join(f"{k}: {v}" for k, v in ds.get("classes", {}).items())
         parts.append(f"<p>Data: <code>{html.escape(ds['data_dir'])}</code> — {ds['n_images']} images ({classes}).</p>")
 
-    confound = reports / "audit" / "confound.json"
+    confound = products.CONFOUND.under(root)
     if confound.is_file():
-        c = json.loads(confound.read_text())
+        c = products.CONFOUND.read(confound)
         cls = "warn" if c.get("confounded") else "ok"
         parts.append(f'<p class="{cls}">{html.escape(c.get("message", ""))}</p>')
 
     parts.append("<h2>Tables</h2><ul>")
-    for path, what in [
-        (root / "clustering_results.csv", "every model × algorithm: label change after matching, raw change, ARI, NMI, ..."),
-        (root / "label_drift.csv", "per image: share of combinations in which it left its label, and where it went"),
-        (root / "label_issues.csv", "per image: drift, cleanlab's verdict and label quality, duplicate conflicts, "
-                                    "combined rank (most suspect first)"),
-        (reports / "label_noise_check.csv", "how well each signal finds planted label errors"),
-        (root / "classification_results.csv", "supervised baselines (linear probe)"),
-        (reports / "audit" / "summary.csv", "dataset audit per class"),
-        (reports / "duplicates.csv", "exact and near-duplicate images, with label conflicts"),
-        (reports / "variants_comparison.csv", "full versus lung-masked images, per model"),
-        (reports / "preparations.csv", "every algorithm on each candidate feature preparation (make preparations)"),
-        (root / "masked" / "reports" / "index.html", "the report of the lung-masked variant"),
-        (reports / "benchmarks.md", "benchmarks"),
-    ]:
+    linked = [(product.under(root), product.what) for product in products.INDEX_TABLES]
+    linked.insert(-1, (products.INDEX.under(root / "masked"), "the report of the lung-masked variant"))
+    for path, what in linked:
         if path.is_file():
             parts.append(f"<li>{_link(path, reports)}: {html.escape(what)}</li>")
     parts.append("</ul>")
 
-    results_csv = root / "clustering_results.csv"
+    results_csv = products.CLUSTERING_RESULTS.under(root)
     if results_csv.is_file():
         table = results.readable_table(results.read_results(results_csv))
         parts.append("<h2>Results</h2>")
@@ -92,13 +78,13 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
                      "a <b>degenerate</b> run finished without grouping the images (see why).</p>")
         parts.append(table.to_html(index=False, na_rep="", border=0))
 
-    check_csv = reports / "label_noise_check.csv"
+    check_csv = products.LABEL_NOISE_CHECK.under(root)
     if check_csv.is_file():
-        check = pd.read_csv(check_csv)
+        check = products.LABEL_NOISE_CHECK.read(check_csv)
         first = float(check["fraction"].min())
         _, why = label_issues.headline_signal(check, first)
         parts.append("<h2>Label issues</h2>")
-        parts.append(f"<p>{_link(root / 'label_issues.csv', reports)} ranks every image by "
+        parts.append(f"<p>{_link(products.LABEL_ISSUES.under(root), reports)} ranks every image by "
                      f"{html.escape(label_issues.COMBINE_RULE)}. Planted-noise check, {first:.0%} of the labels "
                      f"flipped: {html.escape(why)}. Planted flips are easier to find than real, ambiguous cases.</p>")
         table = check.pivot(index="signal", columns="fraction", values=["roc_auc", "average_precision",
