@@ -5,19 +5,26 @@ them as a :class:`FittedPreparation`, which applies the same steps to other
 features (:meth:`FittedPreparation.transform`). :func:`prepare_features` is
 the suite's entry point: the prepared features and a short description.
 The ``preparation`` mapping is checked here (:data:`PREPARATION_KEYS`), for
-the configuration reader as well.
+the configuration reader as well. :func:`prepare_on_one_thread` is how the
+suite calls it, here or in another process alike, and
+:class:`BackgroundPreparations` computes the algorithms' own preparations
+(UMAP) in a worker process while the suite runs the others.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler, normalize
+from threadpoolctl import threadpool_limits
 
 PREPARATION_KEYS = ("l2_first", "standardize", "pca", "umap", "l2_normalize")
 
@@ -259,3 +266,68 @@ def _require(ok: bool, source: str, message: str) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+class BackgroundPreparations:
+    """The algorithms' own feature preparations, computed while the suite runs the others.
+
+    With ``background``, each is computed by :func:`prepare_features` in one
+    worker process started by ``spawn`` (a fresh interpreter: forking a
+    process whose BLAS and OpenMP threads are running can hang), so that
+    UMAP's compilation and layout, single-threaded for reproducibility,
+    use the second core while the algorithms on the shared preparation use
+    the first. The worker computes exactly what the caller would: same
+    function, inputs, seed and thread count (:func:`prepare_on_one_thread`). Without
+    ``background``, or where no worker process can be started, each is
+    computed in this process when first asked for.
+    """
+
+    def __init__(self, X: np.ndarray, preparations: Mapping[str, Mapping], seed: int, *, background: bool):
+        self._X, self._preparations, self._seed = X, preparations, seed
+        self._pool, self._futures = None, {}
+        if background and preparations:
+            try:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                self._futures = {key: self._pool.submit(prepare_on_one_thread, X, dict(prep), seed)
+                                 for key, prep in preparations.items()}
+            except (OSError, BrokenProcessPool):  # no process to be had: compute them here
+                self._shutdown()
+
+    def result(self, key: str) -> tuple[np.ndarray, str]:
+        """The prepared features and their description for the preparation ``key``."""
+        future = self._futures.pop(key, None)
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenProcessPool:  # the worker died (out of memory, killed): compute it here
+                self._shutdown()
+        return prepare_on_one_thread(self._X, dict(self._preparations[key]), self._seed)
+
+    def _shutdown(self, wait: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._pool, self._futures = None, {}
+
+    def __enter__(self) -> BackgroundPreparations:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        # after a normal end the worker is idle: wait, so that it has exited when the suite returns
+        self._shutdown(wait=exc_type is None)
+
+
+def prepare_on_one_thread(X: np.ndarray, preparation: Mapping, seed: int) -> tuple[np.ndarray, str]:
+    """:func:`prepare_features` on one thread, in this process or a worker alike (on a fresh copy: :func:`fresh_copy`)."""
+    with threadpool_limits(1):
+        return prepare_features(fresh_copy(X), dict(preparation), seed=seed)
+
+
+def fresh_copy(X: np.ndarray) -> np.ndarray:
+    """A newly allocated copy of ``X``.
+
+    An array received by a Dask task lives at whatever offset in the message
+    buffer it came in, and that offset changes the last bits of some BLAS
+    results: a UMAP embedding computed on a received array differed from the
+    same computation in this process, and was equal after this copy (tested).
+    """
+    return np.array(X, dtype=np.float64, order="C", copy=True)

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -34,7 +31,7 @@ from tqdm.auto import tqdm
 
 from cxrcluster import metrics
 from cxrcluster.clustering.config import RUNNER_KEYS, validate_config
-from cxrcluster.clustering.preparation import prepare_features
+from cxrcluster.clustering.preparation import BackgroundPreparations, fresh_copy, prepare_on_one_thread
 from cxrcluster.clustering.registry import (
     ALGORITHMS,
     GIB,
@@ -113,7 +110,7 @@ def run_suite(
         Show a progress bar over the algorithms.
     background : bool, default True
         Compute the algorithms' own preparations (UMAP) in a worker process
-        while the algorithms on the shared preparation run (:class:`_Preparations`);
+        while the algorithms on the shared preparation run (:class:`BackgroundPreparations`);
         the results are the same either way.
     cluster : cxrcluster.executor.Cluster, optional
         Run on a Dask cluster (:func:`cxrcluster.executor.connect`): every
@@ -140,7 +137,7 @@ def run_suite(
         ``n_seeds`` (runs made), ``n_images``, ``n_fitted`` and ``n_assigned``
         (images the representative was fitted on, and that joined it by
         nearest exemplar or centroid), ``preparation``
-        (:func:`prepare_features`), ``params`` (compact JSON of the parameters
+        (:func:`~cxrcluster.clustering.preparation.prepare_features`), ``params`` (compact JSON of the parameters
         used, with values chosen from the data, ``seeds``, the chosen
         ``seed`` and, when subsampled, ``subsample`` and ``assign``),
         ``wall_time_s`` (fitting time of all runs, scoring excluded) and
@@ -225,8 +222,9 @@ def _run_here(grid: _Grid, background: bool) -> tuple[dict, dict]:
     # images one thread fitted as fast as two or faster (BayesianGaussianMixture 1.25 s against
     # 5.7 s, KMeans 0.06 s against 0.24 s), Spectral alone 15 % slower; with two threads beside
     # the worker, MiniBatchKMeans and BisectingKMeans took 4.5 s instead of 0.1 s.
-    with threadpool_limits(1), _Preparations(grid.X, grid.own, cfg["seed"], background=background) as pending:
-        prepared = {grid.shared_key: _prepare(grid.X, cfg["preparation"], cfg["seed"])}
+    with (threadpool_limits(1),
+          BackgroundPreparations(grid.X, grid.own, cfg["seed"], background=background) as pending):
+        prepared = {grid.shared_key: prepare_on_one_thread(grid.X, cfg["preparation"], cfg["seed"])}
 
         def prepared_for(name: str) -> tuple[np.ndarray, str]:
             key = grid.preparation_key(name)
@@ -263,14 +261,14 @@ def _run_on_cluster(grid: _Grid, cluster) -> tuple[dict, dict]:
     from cxrcluster import executor
 
     client, cfg = cluster.client, grid.cfg
-    shared = _prepare(grid.X, cfg["preparation"], cfg["seed"])
+    shared = prepare_on_one_thread(grid.X, cfg["preparation"], cfg["seed"])
     token = tokenize(grid.X, cfg["seed"])
     inputs = {grid.shared_key: client.scatter(shared[0], broadcast=False)}
     tuples = {}
     if grid.own:
         X_remote = client.scatter(grid.X, broadcast=False)
         for key, preparation in grid.own.items():
-            tuples[key] = client.submit(_prepare, X_remote, dict(preparation), cfg["seed"],
+            tuples[key] = client.submit(prepare_on_one_thread, X_remote, dict(preparation), cfg["seed"],
                                         key=f"prepare-{tokenize(key)}-{token}")
             inputs[key] = client.submit(operator.getitem, tuples[key], 0, key=f"prepared-{tokenize(key)}-{token}")
     tasks = []
@@ -335,71 +333,6 @@ def _with_comparable(row: dict, clusters, name: str, X_prepared: np.ndarray, sha
             comparable = metrics.comparable_silhouette(shared, clusters, max_n=cfg["silhouette_max_n"],
                                                        seed=cfg["seed"])
     return {**row, "preparation": description, "comparable_silhouette": comparable}
-
-
-class _Preparations:
-    """The algorithms' own feature preparations, computed while the suite runs the others.
-
-    With ``background``, each is computed by :func:`prepare_features` in one
-    worker process started by ``spawn`` (a fresh interpreter: forking a
-    process whose BLAS and OpenMP threads are running can hang), so that
-    UMAP's compilation and layout, single-threaded for reproducibility,
-    use the second core while the algorithms on the shared preparation use
-    the first. The worker computes exactly what the caller would: same
-    function, inputs, seed and thread count (:func:`_prepare`). Without
-    ``background``, or where no worker process can be started, each is
-    computed in this process when first asked for.
-    """
-
-    def __init__(self, X: np.ndarray, preparations: Mapping[str, Mapping], seed: int, *, background: bool):
-        self._X, self._preparations, self._seed = X, preparations, seed
-        self._pool, self._futures = None, {}
-        if background and preparations:
-            try:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-                self._futures = {key: self._pool.submit(_prepare, X, dict(prep), seed)
-                                 for key, prep in preparations.items()}
-            except (OSError, BrokenProcessPool):  # no process to be had: compute them here
-                self._shutdown()
-
-    def result(self, key: str) -> tuple[np.ndarray, str]:
-        """The prepared features and their description for the preparation ``key``."""
-        future = self._futures.pop(key, None)
-        if future is not None:
-            try:
-                return future.result()
-            except BrokenProcessPool:  # the worker died (out of memory, killed): compute it here
-                self._shutdown()
-        return _prepare(self._X, dict(self._preparations[key]), self._seed)
-
-    def _shutdown(self, wait: bool = False) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-        self._pool, self._futures = None, {}
-
-    def __enter__(self) -> _Preparations:
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        # after a normal end the worker is idle: wait, so that it has exited when the suite returns
-        self._shutdown(wait=exc_type is None)
-
-
-def _prepare(X: np.ndarray, preparation: Mapping, seed: int) -> tuple[np.ndarray, str]:
-    """:func:`prepare_features` on one thread, in this process or a worker alike (on a fresh copy: :func:`_fresh`)."""
-    with threadpool_limits(1):
-        return prepare_features(_fresh(X), dict(preparation), seed=seed)
-
-
-def _fresh(X: np.ndarray) -> np.ndarray:
-    """A newly allocated copy of ``X``.
-
-    An array received by a Dask task lives at whatever offset in the message
-    buffer it came in, and that offset changes the last bits of some BLAS
-    results: a UMAP embedding computed on a received array differed from the
-    same computation in this process, and was equal after this copy (tested).
-    """
-    return np.array(X, dtype=np.float64, order="C", copy=True)
 
 
 @dataclass(frozen=True)
@@ -492,7 +425,7 @@ def _fit_seed(plan: _Plan, X: np.ndarray, seed: int, budget: float) -> tuple[np.
     """
     algo = ALGORITHMS[plan.name]
     start = time.perf_counter()
-    X = _fresh(X)
+    X = fresh_copy(X)
     with threadpool_limits(1):
         try:
             view = algo.view(X) if algo.view else X
