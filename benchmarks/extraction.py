@@ -239,7 +239,7 @@ def bench_extraction(paths: Sequence[Path], model_names: Sequence[str], *, weigh
         if pipeline_default == extraction_path.AUTO:
             log(f"{name}: applying the rule (cxrcluster.extraction_path) to this machine and these images")
             _, record = extraction_path.select(model, backbone, extraction_path.plan(), paths, batch_size=batch_size, seed=0,
-                                         n_clusters=3, weights_sha256=None, sample_images=decode, cache_dir=None)
+                                               n_clusters=3, weights_sha256=None, sample_images=decode, cache_dir=None)
             default_path = f"{record['engine']}-{record['precision']}"
             default_note = f"make default (rule: {record['reason']})"
         roles[default_path] = ", ".join(filter(None, [roles.get(default_path), default_note]))

@@ -189,7 +189,7 @@ def test_select_keeps_a_candidate_only_if_it_passes_and_caches_the_check(monkeyp
     paths = [tmp_path / f"{i}.png" for i in range(len(images))]
     the_plan = extraction_path.plan()
     forward, record = extraction_path.select(model, backbone, the_plan, paths, batch_size=32, seed=0, n_clusters=3,
-                                       weights_sha256=None, sample_images=sample, cache_dir=tmp_path / "cache")
+                                             weights_sha256=None, sample_images=sample, cache_dir=tmp_path / "cache")
     expected = "int8" if passes else "fp32"
     assert forward.precision == record["precision"] == expected and record["engine"] == "openvino"
     assert calls == [(extraction_path.CHECK_IMAGES, 3)]  # 400 images: 128 calibrate, 256 check
@@ -199,7 +199,7 @@ def test_select_keeps_a_candidate_only_if_it_passes_and_caches_the_check(monkeyp
     # a rerun reads the check and the quantised model from the cache: nothing calibrated, nothing judged
     decoded.clear()
     again, record2 = extraction_path.select(model, backbone, the_plan, paths, batch_size=32, seed=0, n_clusters=3,
-                                      weights_sha256=None, sample_images=sample, cache_dir=tmp_path / "cache")
+                                            weights_sha256=None, sample_images=sample, cache_dir=tmp_path / "cache")
     assert len(calls) == 1 and decoded == [extraction_path.CHECK_IMAGES]
     assert record2["precision"] == expected and record2["checks"] == record["checks"]
     assert again(images[:40]).tobytes() == forward(images[:40]).tobytes()
@@ -212,14 +212,14 @@ def test_select_does_not_judge_on_too_few_images(monkeypatch, tmp_path, tiny):
     few = 30
     paths = [tmp_path / f"{i}.png" for i in range(few)]
     forward, record = extraction_path.select(model, backbone, extraction_path.plan(), paths, batch_size=8, seed=0,
-                                       n_clusters=3, weights_sha256=None,
-                                       sample_images=lambda rows: (images[rows], [None] * len(rows)),
-                                       cache_dir=None)
+                                             n_clusters=3, weights_sha256=None,
+                                             sample_images=lambda rows: (images[rows], [None] * len(rows)),
+                                             cache_dir=None)
     assert forward.precision == "fp32" and "too few to check int8" in record["reason"]
     with pytest.raises(ValueError, match="int8 was forced, but 30 readable images are too few"):
         extraction_path.select(model, backbone, extraction_path.plan("openvino", "int8"), paths, batch_size=8, seed=0,
-                         n_clusters=3, weights_sha256=None,
-                         sample_images=lambda rows: (images[rows], [None] * len(rows)), cache_dir=None)
+                               n_clusters=3, weights_sha256=None,
+                               sample_images=lambda rows: (images[rows], [None] * len(rows)), cache_dir=None)
 
 
 @needs_openvino
