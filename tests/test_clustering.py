@@ -25,6 +25,8 @@ NOT_RECOVERING: dict[str, str] = {
                                "150 points it keeps all 10, and the surplus clusters count as changed",
 }
 UMAP_ALGORITHMS = ("AgglomerativeSingle", "DBSCAN", "OPTICS", "HDBSCAN", "MeanShift")
+# Tests that run any of these on the shipped configuration prepare UMAP (a spawned worker process that
+# compiles numba code, about 15 s): they are in the slow tier.
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -51,6 +53,7 @@ def suite_on_blobs():
     return labels, cfg, results, ids
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 @pytest.mark.parametrize(
     "name",
     [
@@ -70,6 +73,7 @@ def test_every_algorithm_recovers_three_blobs(suite_on_blobs, name):
     assert metrics.matched_label_change(labels, ids[name]) < 5
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_results_frame_shape_and_bookkeeping(suite_on_blobs):
     _, cfg, results, ids = suite_on_blobs
     assert list(results.columns) == clustering.RESULT_COLUMNS
@@ -105,6 +109,7 @@ def test_results_frame_shape_and_bookkeeping(suite_on_blobs):
     assert isinstance(params["Birch"]["threshold"], float)
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_headline_is_the_representative_run_and_mean_is_over_seeds(suite_on_blobs):
     truth, _, results, ids = suite_on_blobs
     for row in results[results["status"] == "ok"].itertuples():
@@ -123,6 +128,7 @@ def test_shipped_config_lists_every_algorithm():
     assert list(clustering.load_config(CONFIG)["algorithms"]) == list(clustering.ALGORITHMS)
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_same_seed_same_results():
     # overlapping blobs, so that stochastic algorithms could disagree between runs
     X, labels = blobs(n=120, d=10, std=6.0, random_state=7)
@@ -157,6 +163,7 @@ def test_a_failing_algorithm_does_not_stop_the_others():
     assert set(ids) == {"AgglomerativeWard"}
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_optics_parameters_are_still_checked():
     # OPTICS checks its parameters once and skips scikit-learn's checks inside its loop
     X, labels = blobs()
@@ -208,6 +215,7 @@ def test_over_budget_quadratic_algorithms_run_on_a_subsample(name, per_point_squ
     assert json.loads(results.set_index("clustering").loc["KMeans", "params"]).get("subsample") is None
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_tiny_budget_skips_what_does_not_fit():
     X, labels = blobs()
     names = ["AffinityPropagation", "KMedoids", "Spectral", "AgglomerativeAverage", "DBSCAN", "Birch"]
@@ -231,6 +239,7 @@ def test_tiny_budget_skips_what_does_not_fit():
     assert rows.loc["AgglomerativeSingle", "status"] == "ok"
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_max_samples_fits_on_a_subsample():
     X, labels = blobs()
     results, ids = clustering.run_suite(
@@ -410,6 +419,7 @@ def test_a_degenerate_run_keeps_its_row_figures_and_labels():
     assert "DBSCAN" in ids and rows.loc["KMeans", "status"] == "ok"
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_chance_columns_recompute_from_the_returned_labels(suite_on_blobs):
     truth, cfg, results, ids = suite_on_blobs
     for row in results.itertuples():
@@ -418,6 +428,7 @@ def test_chance_columns_recompute_from_the_returned_labels(suite_on_blobs):
         assert (row.chance_label_change, row.chance_p) == (chance, p), row.clustering
 
 
+@pytest.mark.slow  # the UMAP preparation: a worker process and numba compilation
 def test_silhouettes_recompute_from_the_returned_labels(suite_on_blobs):
     # the own silhouette is the reported run's, on the features it clustered; the comparable one is on
     # the shared preparation with noise counted as 0 (reused from the own one where the two coincide)

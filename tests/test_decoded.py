@@ -51,6 +51,7 @@ def test_cached_images_give_byte_identical_features_and_are_not_decoded_again(da
     assert again["bad_images"] == provenance["bad_images"]
 
 
+@pytest.mark.slow  # three extractions, each building the network
 def test_changed_data_makes_a_new_entry_and_drops_the_old_one(dataset, tmp_path):
     cache_dir = tmp_path / "cache"
     extract(dataset, cache_dir)
@@ -77,6 +78,7 @@ def test_a_run_that_stops_leaves_no_entry_and_no_temporary_file(dataset, tmp_pat
     assert not entry.complete()
 
 
+@pytest.mark.slow  # two extractions, each building the network
 def test_no_room_on_the_disk_skips_the_cache_with_a_message(dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(decoded, "HEADROOM_BYTES", 2**60)
     out, provenance = extract(dataset, tmp_path / "cache")

@@ -191,6 +191,7 @@ def test_openvino_uses_every_usable_core_unpinned_and_reports_its_kernels(tiny):
     assert not any(k.startswith("unknown") for k in info["kernels"])
 
 
+@pytest.mark.int8
 def test_int8_is_quantised_on_the_calibration_images_cached_and_deterministic(tiny, tmp_path):
     skip_unless_runnable("openvino", "fp32")
     model, preprocess, images, reference = tiny

@@ -64,6 +64,7 @@ def test_nothing_set_runs_here_without_dask(monkeypatch):
         assert cluster is None
 
 
+@pytest.mark.slow  # waits out a connection timeout
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_a_scheduler_that_cannot_be_reached_fails_within_seconds(kind):
     """Nothing listening, or a port that accepts connections and never answers: an error, not a hang."""
@@ -149,7 +150,7 @@ def _sidecar(folder):
     return json.loads((folder / f"{MODEL}.json").read_text())
 
 
-@pytest.mark.slow
+@pytest.mark.dask
 def test_extraction_and_clustering_on_a_cluster_equal_a_run_here(dask_cluster, demo_data, tmp_path, monkeypatch):
     address, _ = dask_cluster
     root, labels_csv, folder = demo_data
@@ -184,7 +185,7 @@ def test_extraction_and_clustering_on_a_cluster_equal_a_run_here(dask_cluster, d
         np.testing.assert_array_equal(ids_there[name], ids_here[name])
 
 
-@pytest.mark.slow
+@pytest.mark.dask
 def test_bad_images_on_a_cluster_are_reported_as_here(dask_cluster, tmp_path):
     address, _ = dask_cluster
     root = tmp_path / "data"
@@ -218,7 +219,7 @@ def test_bad_images_on_a_cluster_are_reported_as_here(dask_cluster, tmp_path):
             executor.check_readable(cluster.client, [tmp_path / "nowhere"])
 
 
-@pytest.mark.slow
+@pytest.mark.dask
 def test_a_worker_killed_mid_extraction_costs_only_its_tasks(dask_cluster, demo_data, tmp_path):
     """Runs last: it leaves the cluster with one worker."""
     address, workers = dask_cluster

@@ -223,6 +223,7 @@ def test_select_does_not_judge_on_too_few_images(monkeypatch, tmp_path, tiny):
 
 
 @needs_openvino
+@pytest.mark.int8
 def test_auto_extraction_on_a_vnni_machine_checks_int8_records_why_and_reruns_byte_identical(monkeypatch, tmp_path):
     from cxrcluster import demo, features
 

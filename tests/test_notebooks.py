@@ -32,7 +32,7 @@ def test_notebooks_have_one_parameters_cell_of_literals_and_no_outputs():
                    for c in nb["cells"] if c["cell_type"] == "code"), path.name
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     data_dir = demo.write_demo_dataset(tmp_path / "demo", per_class=6, size=96)
     out = tmp_path / "out"

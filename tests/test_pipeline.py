@@ -1,9 +1,15 @@
 """End to end through make: on the demo data with random weights (runs everywhere), and on the real
-chest X-ray sample of ../shared with real weights (pinned to the README's figures)."""
+chest X-ray sample of ../shared with real weights (pinned to the README's figures).
+
+One ``make all`` on the demo data (:func:`demo_run`) serves every test here: its checks, the masked
+variant built on it, and, copied, the starting point of the run on the real sample.
+"""
 
 import json
 import os
+import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,7 +18,7 @@ from conftest import KERAS_HOME, SAMPLE_DIR, needs_sample, needs_weights
 from cxrcluster import demo, metrics
 from cxrcluster.paths import PROJECT_ROOT
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.e2e]
 
 #: The README's figures of KMeans on the real sample (MobileNetV2-0.35 ImageNet features).
 KMEANS = {"change": 15.0, "raw": 89.3, "ari": 0.611, "nmi": 0.645, "chance": 62.9}
@@ -26,14 +32,35 @@ def make(*args, check=True):
     return proc
 
 
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """``make all`` on the demo data with ``WEIGHTS=none``, named by a labels file with patients.
+
+    The data folder and the output folder both hold a space and an accented letter, as on a laptop.
+    """
+    root = tmp_path_factory.mktemp("e2e")
+    data_dir = demo.write_demo_dataset(root / "dé mo data")
+    # the images named by a labels file, with patients, rather than found by folder
+    named = [p.relative_to(data_dir).as_posix() for p in sorted(data_dir.rglob("*.png"))]
+    labels_csv = root / "mes étiquettes.csv"
+    pd.DataFrame({"file": named, "diagnosis": [p.split("/")[0].lower() for p in named],
+                  "patient_id": [f"p{i}" for i in range(len(named))]}).to_csv(labels_csv, index=False)
+    out = root / "résultats du run"
+    run = (f"OUT={out}", "WEIGHTS=none", f"DATA_DIR={data_dir}", f"LABELS={labels_csv}", "MAX_BAD_FRACTION=0.1")
+    make("all", *run)
+    return SimpleNamespace(out=out, run=run)
+
+
 @needs_sample
 @needs_weights
-def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
+def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
+    # a finished demo run (its own copy: the masked test adds to the original)
+    shutil.copytree(demo_run.out, tmp_path, dirs_exist_ok=True, symlinks=True, ignore=shutil.ignore_patterns("masked"))
     out = f"OUT={tmp_path}"
-    make("cluster", out)  # synthetic demo data, the default, up to the clustering
     demo_rows = len(pd.read_csv(tmp_path / "original_labels.csv"))
 
-    make("all", out, f"DATA_DIR={SAMPLE_DIR}")  # new data: everything re-runs, nothing stale survives
+    # new data, weights and labels: everything re-runs, nothing stale survives
+    make("all", out, f"DATA_DIR={SAMPLE_DIR}")
     labels = pd.read_csv(tmp_path / "original_labels.csv")
     assert len(labels) == 300 != demo_rows
     results = pd.read_csv(tmp_path / "clustering_results.csv")
@@ -107,21 +134,9 @@ def test_make_all_demo_then_real_sample_then_nothing(tmp_path):
     assert "papermill" not in again.stdout, again.stdout
 
 
-def test_make_all_on_demo_data_with_random_weights_then_the_masked_variant(tmp_path):
-    """Needs nothing from outside: the demo data, WEIGHTS=none; then VARIANT=masked reuses the full run.
-
-    The data folder and the output folder both hold a space and an accented letter, as on a laptop.
-    """
-    data_dir = demo.write_demo_dataset(tmp_path / "dé mo data")
-    # the images named by a labels file, with patients, rather than found by folder
-    named = [p.relative_to(data_dir).as_posix() for p in sorted(data_dir.rglob("*.png"))]
-    labels_csv = tmp_path / "mes étiquettes.csv"
-    pd.DataFrame({"file": named, "diagnosis": [p.split("/")[0].lower() for p in named],
-                  "patient_id": [f"p{i}" for i in range(len(named))]}).to_csv(labels_csv, index=False)
-    tmp_path = tmp_path / "résultats du run"
-    run = (f"OUT={tmp_path}", "WEIGHTS=none", f"DATA_DIR={data_dir}", f"LABELS={labels_csv}",
-           "MAX_BAD_FRACTION=0.1")
-    make("all", *run)
+def test_make_all_on_demo_data_with_random_weights(demo_run):
+    """Needs nothing from outside: the demo data, WEIGHTS=none, paths with spaces and accents."""
+    tmp_path, run = demo_run.out, demo_run.run
     results = pd.read_csv(tmp_path / "clustering_results.csv")
     labels = pd.read_csv(tmp_path / "original_labels.csv")
     assert len(labels) == 150 and results["model"].unique().tolist() == ["MobileNetV2-0.35"]
@@ -138,7 +153,12 @@ def test_make_all_on_demo_data_with_random_weights_then_the_masked_variant(tmp_p
     assert "SYNTHETIC" in index and "label_drift.csv" in index
     assert "papermill" not in make("all", *run).stdout
 
+
+def test_the_masked_variant_reuses_the_full_run(demo_run):
+    tmp_path, run = demo_run.out, demo_run.run
+    full_results = (tmp_path / "clustering_results.csv").stat().st_mtime_ns
     make("all", *run, "VARIANT=masked")
+    assert (tmp_path / "clustering_results.csv").stat().st_mtime_ns == full_results  # the full run was kept
     masks = pd.read_csv(tmp_path / "masked" / "reports" / "masks.csv")
     full_labels = pd.read_csv(tmp_path / "original_labels.csv")
     masked_labels = pd.read_csv(tmp_path / "masked" / "original_labels.csv")
@@ -158,6 +178,7 @@ def test_make_all_on_demo_data_with_random_weights_then_the_masked_variant(tmp_p
     again = make("all", *run, "VARIANT=masked")
     assert "papermill" not in again.stdout
     # a deleted label CSV is a missing product of the clustering rule: make clusters again
+    listed = (tmp_path / "results" / "MobileNetV2-0.35.label_csvs.txt").read_text().split()
     (tmp_path / "clustering_labels" / listed[0]).unlink()
     again = make("cluster", *run).stdout
     assert "03-cluster" in again and "02-extract" not in again

@@ -136,7 +136,7 @@ def quick_report(tmp_path_factory):
     return out, pd.read_csv(out.with_name("benchmarks.csv")), out.with_name("benchmarks.md").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.int8  # the quick run quantises MobileNetV2 for its int8 path
 def test_quick_run_writes_the_csv_with_every_path_and_size(quick_report):
     _, frame, _ = quick_report
     assert list(frame.columns) == bench.CSV_COLUMNS
@@ -183,7 +183,7 @@ def test_quick_run_writes_the_csv_with_every_path_and_size(quick_report):
     assert set(suite.index) == {"(whole suite)", "KMeans", "AgglomerativeWard", "DBSCAN"}
 
 
-@pytest.mark.slow
+@pytest.mark.int8
 def test_quick_run_writes_the_report_with_the_machine(quick_report):
     _, _, md = quick_report
     cpu = engines.describe_cpu()
@@ -213,7 +213,7 @@ def test_report_names(tmp_path, out, written):
     assert list(pd.read_csv(csv).columns) == bench.CSV_COLUMNS
 
 
-@pytest.mark.slow
+@pytest.mark.dask
 def test_executors_are_timed_and_checked_against_this_process(tmp_path):
     """This process against a one-worker local cluster: every part timed, and found equal."""
     from benchmarks.executors import bench_executors
