@@ -53,6 +53,7 @@ PRECISION ?= auto#              auto (bf16/int8 where the CPU runs it and it pas
 SCHEDULER ?=#                   where extraction and clustering run: empty (here), local:N, tcp://host:8786 (Dask)
 PYTHON ?= python3#              interpreter that creates the virtual environment
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2#              test processes (pytest-xdist); 1 runs the tests in this process
 
 # ---- Derived --------------------------------------------------------------------------------
 VENV := .venv
@@ -297,13 +298,17 @@ cluster: $(foreach m,$(MODEL_LIST),$(call out,$(VARIANT))/results/$(m).csv $(cal
 issues: $(call out,$(VARIANT))/label_issues.csv ## label issues per image and the planted-noise check
 
 # ---- Development ------------------------------------------------------------------------------
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file to a process: most of a test's time is
+# one core's (kernels starting, single-threaded fits, make's steps), so two processes fill two cores.
+TEST_PROCESSES := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 .PHONY: test-fast
 test-fast: $(VENV_OK) ## the unit tier: tiny data, no notebooks, no make runs, no clusters, no quantisation (< 2 min)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 .PHONY: test
 test: $(VENV_OK) ## every tier: unit, notebooks, Dask, int8, end to end, real data of ../shared when present
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(VENV_OK) ## ruff on src, tests, notebooks and benchmarks; committed notebooks must carry no outputs
