@@ -5,7 +5,6 @@ One ``make all`` on the demo data (:func:`demo_run`) serves every test here: its
 variant built on it, and, copied, the starting point of the run on the real sample.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import KERAS_HOME, SAMPLE_DIR, needs_sample, needs_weights
 
-from cxrcluster import demo, metrics
+from cxrcluster import demo, features, metrics, products
 from cxrcluster.paths import PROJECT_ROOT
 
 pytestmark = [pytest.mark.e2e]
@@ -72,7 +71,7 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
     assert kmeans["status"] == "ok"
     # the README's figures are fp32's; where the rule chose bf16 or int8 on this CPU, that path passed
     # the check against fp32 on these images (k-means ARI >= 0.98), so a few more images may move
-    sidecar = json.loads((tmp_path / "features" / "MobileNetV2-0.35.json").read_text())
+    sidecar = features.read_provenance(tmp_path / "features", "MobileNetV2-0.35")
     chosen = sidecar["engine_choice"]
     print(f"extraction path: {chosen['engine']} {chosen['precision']} ({chosen['reason']})")
     lower = chosen["precision"] != "fp32"
@@ -90,7 +89,7 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
     assert abs(rows.loc["AgglomerativeWard", "label_percentage_change"] - kmeans["label_percentage_change"]) <= 2 * wide
     for name in ("DBSCAN", "OPTICS", "HDBSCAN", "MeanShift"):
         assert rows.loc[name, "n_clusters"] >= 2 or rows.loc[name, "status"].startswith("degenerate: "), name
-    probe = pd.read_csv(tmp_path / "classification_results.csv").set_index("model").loc["MobileNetV2-0.35"]
+    probe = products.CLASSIFICATION_RESULTS.read(root=tmp_path).set_index("model").loc["MobileNetV2-0.35"]
     assert probe["accuracy_mean"] == pytest.approx(0.913, abs=0.01 * wide)
     for row in results[results["status"] == "ok"].itertuples():
         table = pd.read_csv(tmp_path / "clustering_labels" / f"{row.model}_{row.clustering}.csv")
@@ -106,14 +105,14 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
         assert recomputed == pytest.approx(row.label_percentage_change)
         assert 100 * table["changed"].mean() == pytest.approx(row.label_percentage_change)
     # label issues: at 5 % planted flips the combined rank is at least as good as either signal (seed 0)
-    check = pd.read_csv(tmp_path / "reports" / "label_noise_check.csv")
+    check = products.LABEL_NOISE_CHECK.read(root=tmp_path)
     at5 = check[check["fraction"] == 0.05].set_index("signal")["roc_auc"]
     print(f"planted 5 %: ROC AUC {at5.round(3).to_dict()}")
     assert at5["combined"] >= max(at5["drift"], at5["cleanlab"]) and at5["random"] < 0.7
-    issues = pd.read_csv(tmp_path / "label_issues.csv")
+    issues = products.LABEL_ISSUES.read(root=tmp_path)
     assert len(issues) == 300 and issues["combined_score"].is_monotonic_decreasing
     # label drift: every share recomputed from the label CSVs of the combinations that ran
-    drift = pd.read_csv(tmp_path / "label_drift.csv").set_index("image_name")
+    drift = products.LABEL_DRIFT.read(root=tmp_path).set_index("image_name")
     ok = results[results["status"] == "ok"]
     changed = sum(pd.read_csv(tmp_path / "clustering_labels" / f"{r.model}_{r.clustering}.csv")
                   .set_index("image_name")["changed"].astype(int) for r in ok.itertuples())
@@ -125,7 +124,7 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "SYNTHETIC" not in index and "label_drift.csv" in index and "04-report" in index
     # the audit finds the sample's real source difference without being told
-    confound = json.loads((tmp_path / "reports" / "audit" / "confound.json").read_text())
+    confound = products.CONFOUND.read(root=tmp_path)
     assert confound["confounded"], confound["message"]
 
     # Up to date: a second run executes no notebook. (Not `make -n`: a dry run cannot run the
@@ -142,12 +141,12 @@ def test_make_all_on_demo_data_with_random_weights(demo_run):
     assert len(labels) == 150 and results["model"].unique().tolist() == ["MobileNetV2-0.35"]
     assert list(labels.columns) == ["image_name", "label", "path", "patient"]
     assert sorted(labels["label"].unique()) == ["COVID", "NORMAL", "PNEUMONIA"]
-    assert pd.read_csv(tmp_path / "classification_results.csv")["grouped_by_patient"].all()
+    assert products.CLASSIFICATION_RESULTS.read(root=tmp_path)["grouped_by_patient"].all()
     listed = (tmp_path / "results" / "MobileNetV2-0.35.label_csvs.txt").read_text().split()
     finished = results["status"].str.match(r"^(ok|degenerate: )")  # both keep their labels
     assert sorted(listed) == sorted(f"MobileNetV2-0.35_{a}.csv" for a in results.loc[finished, "clustering"])
     assert sorted(p.name for p in (tmp_path / "clustering_labels").glob("*.csv")) == sorted(listed)
-    sidecar = json.loads((tmp_path / "features" / "MobileNetV2-0.35.json").read_text())
+    sidecar = features.read_provenance(tmp_path / "features", "MobileNetV2-0.35")
     assert sidecar["trained"] is False and sidecar["max_bad_fraction"] == 0.1
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "SYNTHETIC" in index and "label_drift.csv" in index
@@ -164,10 +163,10 @@ def test_the_masked_variant_reuses_the_full_run(demo_run):
     masked_labels = pd.read_csv(tmp_path / "masked" / "original_labels.csv")
     assert masked_labels["image_name"].tolist() == full_labels["image_name"].tolist()
     assert sorted(masks["image_name"]) == sorted(full_labels["image_name"])
-    comparison = pd.read_csv(tmp_path / "reports" / "variants_comparison.csv")
+    comparison = products.VARIANTS_COMPARISON.read(root=tmp_path)
     assert comparison["model"].tolist() == ["MobileNetV2-0.35"]
     for root in (tmp_path, tmp_path / "masked"):
-        probe = pd.read_csv(root / "classification_results.csv")
+        probe = products.CLASSIFICATION_RESULTS.read(root=root)
         assert probe["accuracy_mean"].between(0, 1).all()
         for name in ["saliency_MobileNetV2-0.35", "cluster_gradcam_MobileNetV2-0.35",
                      "probe_confusion_MobileNetV2-0.35", "supervised_vs_clustering"]:
