@@ -93,3 +93,28 @@ def test_labels_fingerprint_changes_with_labels():
     a = data.labels_fingerprint(["a", "b"], ["COVID", "NORMAL"])
     assert a == data.labels_fingerprint(["a", "b"], ["COVID", "NORMAL"])
     assert a != data.labels_fingerprint(["a", "b"], ["NORMAL", "COVID"])
+
+
+def test_original_labels_with_and_without_a_source_and_the_description_of_its_counts(tmp_path):
+    p = tmp_path / "original_labels.csv"
+    p.write_text("image_name,label,path,patient,source\na.png,COVID,COVID/a.png,1,007\nb.png,COVID,COVID/b.png,2,007\n"
+                 "c.png,NORMAL,NORMAL/c.png,3,12\nd.png,NORMAL,NORMAL/d.png,4,12\ne.png,PNEUMONIA,PNEUMONIA/e.png,5,12\n")
+    labels = data.read_labels(p)
+    assert labels["source"].tolist() == ["007", "007", "12", "12", "12"]  # text: "007" stays "007"
+    assert data.image_sources(labels).tolist() == ["007", "007", "12", "12", "12"]
+    description = data.describe_dataset(labels, tmp_path, "labels file column 'site'")
+    assert description["source"] == {"origin": "labels file column 'site'",
+                                     "counts": {"007": {"COVID": 2}, "12": {"NORMAL": 2, "PNEUMONIA": 1}}}
+    data.write_dataset_description(description, tmp_path / "dataset.json")
+    assert data.read_dataset_description(tmp_path / "dataset.json") == description
+    # without a source: no column, no origin, no counts
+    p.write_text("image_name,label\na.png,COVID\nb.png,NORMAL\n")
+    labels = data.read_labels(p)
+    assert "source" not in labels and data.image_sources(labels) is None
+    assert data.describe_dataset(labels, tmp_path, None)["source"] == {"origin": None, "counts": {}}
+    # a description written before sources were recorded reads as one without a source
+    (tmp_path / "old.json").write_text('{"data_dir": "d", "synthetic": false, "n_images": 2, "classes": {"A": 2}}')
+    assert data.read_dataset_description(tmp_path / "old.json")["source"] == {"origin": None, "counts": {}}
+    p.write_text("image_name,label,source\na.png,COVID,x\nb.png,NORMAL,\n")
+    with pytest.raises(data.DatasetError, match=r"empty source in row\(s\) \[3\]"):
+        data.read_labels(p)

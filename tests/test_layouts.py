@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SAMPLE_DIR, needs_sample
 from PIL import Image
 
 from cxrcluster import data, images
@@ -130,7 +131,7 @@ def test_a_data_folder_of_links_into_a_cache_outside_it(tmp_path):
 
 
 def dicom(path, pixels, *, photometric="MONOCHROME2", bits=12, slope=None, intercept=None, window=None,
-          frames=1, samples=1, syntax=ExplicitVRLittleEndian, patient="P1", extension=True):
+          frames=1, samples=1, syntax=ExplicitVRLittleEndian, patient="P1", extension=True, **tags):
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -138,6 +139,8 @@ def dicom(path, pixels, *, photometric="MONOCHROME2", bits=12, slope=None, inter
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
     ds.PatientID, ds.Modality, ds.Manufacturer, ds.ViewPosition = patient, "DX", "Acme", "PA"
+    for keyword, value in tags.items():  # InstitutionName, ManufacturerModelName, ...
+        setattr(ds, keyword, value)
     pixels = np.asarray(pixels, dtype=np.uint16)
     ds.Rows, ds.Columns = pixels.shape[:2] if samples > 1 else pixels.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = samples, photometric
@@ -235,3 +238,142 @@ def test_the_audit_reports_dicom_tags_per_class(tmp_path):
     assert summary.loc["COVID", "view_positions"] == "PA: 2"
     duplicates = audit.find_duplicates(labels, tmp_path)  # DICOM pixels hashed like any image
     assert {"a.dcm", "b.dcm"} <= set(duplicates["image_a"]) | set(duplicates["image_b"])
+
+
+# ---------------------------------------------------------------- the source of each image
+
+
+def four_images(root):
+    """Two COVID and two NORMAL PNGs in class folders; their paths in order."""
+    return [png(root / rel).relative_to(root).as_posix()
+            for rel in ("COVID/a.png", "COVID/b.png", "NORMAL/c.png", "NORMAL/d.png")]
+
+
+@pytest.mark.parametrize("column", ["source", "Site", "HOSPITAL", "institution", "center", "Centre", "dataset"])
+def test_a_source_column_of_a_labels_file_is_found_by_name(tmp_path, column):
+    paths = four_images(tmp_path / "data")
+    pd.DataFrame({"path": paths, "label": ["COVID", "COVID", "NORMAL", "NORMAL"], "patient": ["p1", "p1", "p2", "p3"],
+                  column: ["north", "north", "south", "south"]}).to_csv(tmp_path / "labels.csv", index=False)
+    labels, origin = data.read_dataset(tmp_path / "data", tmp_path / "labels.csv")
+    assert list(labels.columns) == [*data.LABEL_COLUMNS, "patient", "source"]
+    assert labels["source"].tolist() == ["north", "north", "south", "south"]
+    assert origin == f"labels file column {column!r}"
+
+
+def test_source_column_names_an_unusual_column_of_a_labels_file_or_of_metadata_csv(tmp_path):
+    root = tmp_path / "data"
+    paths = four_images(root)
+    frame = pd.DataFrame({"path": paths, "label": ["COVID", "COVID", "NORMAL", "NORMAL"],
+                          "acquired_at": ["007", "007", "012", "012"]})
+    frame.to_csv(tmp_path / "labels.csv", index=False)
+    assert "source" not in data.read_dataset(root, tmp_path / "labels.csv").labels  # not a source's name
+    labels, origin = data.read_dataset(root, tmp_path / "labels.csv", source_column="acquired_at")
+    assert labels["source"].tolist() == ["007", "007", "012", "012"]  # text, never numbers
+    assert origin == "labels file column 'acquired_at'"
+    with pytest.raises(data.DatasetError, match="no column 'scanner'"):
+        data.read_dataset(root, tmp_path / "labels.csv", source_column="scanner")
+    # class folders: the column is metadata.csv's
+    with pytest.raises(data.DatasetError, match="no labels file and no metadata.csv"):
+        data.read_dataset(root, source_column="acquired_at")
+    frame.rename(columns={"path": "image"}).to_csv(root / "metadata.csv", index=False)
+    labels, origin = data.read_dataset(root, source_column="acquired_at")
+    assert labels["source"].tolist() == ["007", "007", "012", "012"] and origin == "metadata.csv column 'acquired_at'"
+
+
+@pytest.mark.parametrize("metadata", [
+    "image,label,patient,source\nCOVID/a.png,COVID,p1,hannover\nCOVID/b.png,COVID,p1,hannover\n"
+    "NORMAL/c.png,NORMAL,p2,guangzhou\nNORMAL/d.png,NORMAL,p3,guangzhou\n",
+    # file names in another order, backslashes, rows of other images
+    "File,Hospital\nd.png,guangzhou\nc.png,guangzhou\nb.png,hannover\na.png,hannover\nzz.png,elsewhere\n",
+    "path,site\nCOVID\\a.png,hannover\nCOVID\\b.png,hannover\nNORMAL\\c.png,guangzhou\nNORMAL\\d.png,guangzhou\n",
+])
+def test_the_source_of_a_metadata_csv_beside_the_class_folders(tmp_path, metadata):
+    four_images(tmp_path)
+    (tmp_path / "metadata.csv").write_text(metadata)
+    labels, origin = data.read_dataset(tmp_path)
+    assert labels["source"].tolist() == ["hannover", "hannover", "guangzhou", "guangzhou"]
+    assert origin.startswith("metadata.csv column ")
+    description = data.describe_dataset(labels, tmp_path, origin)
+    assert description["source"] == {"origin": origin,
+                                     "counts": {"guangzhou": {"NORMAL": 2}, "hannover": {"COVID": 2}}}
+
+
+def test_without_a_source_there_is_no_source_column(tmp_path):
+    four_images(tmp_path)
+    labels, origin = data.read_dataset(tmp_path)
+    assert list(labels.columns) == data.LABEL_COLUMNS and origin is None
+    (tmp_path / "metadata.csv").write_text("image,patient\nCOVID/a.png,p1\n")  # patients only: no source
+    labels, origin = data.read_dataset(tmp_path)
+    assert list(labels.columns) == data.LABEL_COLUMNS and origin is None
+    assert data.describe_dataset(labels, tmp_path, origin)["source"] == {"origin": None, "counts": {}}
+
+
+@pytest.mark.parametrize("where, rows, message", [
+    ("labels", [("a", "north"), ("b", ""), ("c", "south"), ("d", " ")],
+     "labels.csv', column 'source': empty source on line(s) 3, 5"),
+    ("labels", [("a", "north"), ("b", "north"), ("c", "south"), ("d", "west")],
+     "a source must hold at least two images; 'south' holds one (line 4), 'west' holds one (line 5)"),
+    ("metadata", [("a", "north"), ("b", "north"), ("c", ""), ("d", "north")],
+     "metadata.csv', column 'source': empty source on line(s) 4"),
+    ("metadata", [("x", "north"), ("a", "north"), ("b", "south"), ("c", "north"), ("d", "north")],
+     "'south' holds one (line 4)"),
+    ("metadata", [("a", "north"), ("b", "north"), ("c", "south")], "no source for 1 of 4 images (e.g. d.png)"),
+])
+def test_empty_or_single_image_sources_are_refused_by_line(tmp_path, where, rows, message):
+    root = tmp_path / "data"
+    four_images(root)
+    frame = pd.DataFrame([(f"{r}.png", s) for r, s in rows], columns=["image_name", "source"])
+    if where == "labels":
+        frame.insert(1, "label", ["COVID", "COVID", "NORMAL", "NORMAL"])
+        frame["image_name"] = ["COVID/a.png", "COVID/b.png", "NORMAL/c.png", "NORMAL/d.png"]
+        frame.to_csv(tmp_path / "labels.csv", index=False)
+    else:
+        frame.to_csv(root / "metadata.csv", index=False)
+    with pytest.raises(data.DatasetError) as info:
+        data.read_dataset(root, tmp_path / "labels.csv" if where == "labels" else None)
+    assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("tags, expected, origin", [
+    ([{"InstitutionName": "St Mary"}, {"InstitutionName": "St Mary"}, {"InstitutionName": "Royal"},
+      {"InstitutionName": "Royal"}], ["St Mary", "St Mary", "Royal", "Royal"], "DICOM InstitutionName"),
+    # one image without its institution: the scanner stands for the site
+    ([{"InstitutionName": "St Mary", "ManufacturerModelName": "DR-1"}, {"ManufacturerModelName": "DR-1"},
+      {"ManufacturerModelName": "DR-9"}, {"InstitutionName": "Royal", "ManufacturerModelName": "DR-9"}],
+     ["Acme DR-1", "Acme DR-1", "Acme DR-9", "Acme DR-9"], "DICOM Manufacturer + ManufacturerModelName"),
+    # neither for every image: no source
+    ([{"InstitutionName": "St Mary"}, {}, {"ManufacturerModelName": "DR-9"}, {}], None, None),
+])
+def test_the_source_of_dicom_images_from_their_headers(tmp_path, tags, expected, origin):
+    for rel, extra, patient in zip(["COVID/a.dcm", "COVID/b.dcm", "NORMAL/c.dcm", "NORMAL/d.dcm"], tags, "ABCD",
+                                   strict=True):
+        dicom(tmp_path / rel, RAMP, patient=patient, **extra)
+    labels, found = data.read_dataset(tmp_path)
+    assert found == origin and labels["patient"].tolist() == ["A", "B", "C", "D"]
+    if expected is None:
+        assert "source" not in labels
+    else:
+        assert list(labels.columns) == [*data.LABEL_COLUMNS, "patient", "source"]
+        assert labels["source"].tolist() == expected
+    # a source column named by the user is never replaced by the headers
+    with pytest.raises(data.DatasetError, match="no labels file and no metadata.csv"):
+        data.read_dataset(tmp_path, source_column="site")
+
+
+def test_a_dicom_source_of_one_image_is_refused_by_path(tmp_path):
+    for rel, site in [("COVID/a.dcm", "St Mary"), ("COVID/b.dcm", "St Mary"), ("NORMAL/c.dcm", "Royal"),
+                      ("NORMAL/d.dcm", "St Mary")]:
+        dicom(tmp_path / rel, RAMP, InstitutionName=site)
+    with pytest.raises(data.DatasetError, match=r"DICOM InstitutionName: .*'Royal' holds one \(image NORMAL/c.dcm\)"):
+        data.read_dataset(tmp_path)
+
+
+@needs_sample
+def test_the_real_sample_records_its_two_hospitals():
+    labels, origin = data.read_dataset(SAMPLE_DIR)
+    assert origin == "metadata.csv column 'source'" and list(labels.columns) == [*data.LABEL_COLUMNS, "source"]
+    by_class = labels.groupby("label")["source"].unique().map(list).to_dict()
+    assert by_class == {"COVID": ["hannover"], "NORMAL": ["guangzhou"], "PNEUMONIA": ["guangzhou"]}
+    description = data.describe_dataset(labels, SAMPLE_DIR, origin)
+    assert description["source"]["counts"] == {"guangzhou": {"NORMAL": 100, "PNEUMONIA": 100},
+                                               "hannover": {"COVID": 100}}

@@ -9,19 +9,18 @@ of :func:`cxrcluster.probe.finetune.held_out_split`.
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrcluster.data import METADATA_FILE, match_metadata
+from cxrcluster.data import METADATA_IMAGE_COLUMNS as IMAGE_COLUMNS
+
 #: Column names recognised as a patient identifier, in order of preference.
 PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "subject", "subject_id")
 
-#: Column names recognised as an image reference in a metadata file, in order of preference.
-IMAGE_COLUMNS = ("path", "image", "image_name", "file", "filename", "image_path")
-
-#: Name of the metadata file looked for in a data folder.
-METADATA_FILE = "metadata.csv"
+__all__ = ["IMAGE_COLUMNS", "METADATA_FILE", "PATIENT_COLUMNS", "patient_groups"]
 
 
 def _pick(columns, candidates) -> str | None:
@@ -38,7 +37,8 @@ def patient_groups(labels_df: pd.DataFrame, metadata_csv: str | os.PathLike | No
     patient column (one of :data:`PATIENT_COLUMNS`) and an image column (one of
     :data:`IMAGE_COLUMNS`) holding either the path relative to the data folder
     (``COVID/x.png``) or the file name; images are matched on the relative path
-    first, then on the file name.
+    first, then on the file name (:func:`cxrcluster.data.match_metadata`, as
+    the source is at scan time).
 
     Parameters
     ----------
@@ -82,17 +82,10 @@ def patient_groups(labels_df: pd.DataFrame, metadata_csv: str | os.PathLike | No
     if patient_col is None or image_col is None:
         raise ValueError(f"{metadata_csv}: needs a patient column (one of {PATIENT_COLUMNS}) and an image "
                          f"column (one of {IMAGE_COLUMNS}); found {list(meta.columns)}")
-    refs = meta[image_col].str.replace("\\", "/", regex=False)
-    by_path = dict(zip(refs, meta[patient_col], strict=True))
-    names = refs.map(lambda p: PurePosixPath(p).name)
-    by_name = dict(zip(names, meta[patient_col], strict=True)) if names.is_unique else {}
-    paths = labels_df["path"] if "path" in labels_df else labels_df["image_name"]
-    ids, missing = [], []
-    for name, rel in zip(labels_df["image_name"], paths, strict=True):
-        pid = by_path.get(str(rel)) or by_name.get(PurePosixPath(str(rel)).name) or by_name.get(str(name))
-        if not pid:
-            missing.append(str(name))
-        ids.append(pid)
+    rows = match_metadata(labels_df, meta[image_col])
+    values = meta[patient_col].tolist()
+    ids = [values[row] if row >= 0 else "" for row in rows]
+    missing = [str(name) for name, pid in zip(labels_df["image_name"], ids, strict=True) if not pid]
     if missing:
         raise ValueError(f"{metadata_csv}: no patient for {len(missing)} of {len(labels_df)} images "
                          f"(e.g. {', '.join(missing[:5])})")

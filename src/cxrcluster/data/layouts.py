@@ -1,40 +1,31 @@
-"""The dataset: a folder per class, or a labels file, turned into ``original_labels.csv``.
+"""The images and their labels: a folder per class, or a labels file, as ``original_labels.csv`` rows.
 
 Two layouts are read. A folder per class (:func:`scan_dataset`), the Kaggle
 chest X-ray dataset's: ``<root>/COVID/*.png``, ``<root>/NORMAL/*.jpeg``,
 ``<root>/PNEUMONIA/...``, optionally one level deeper (``<root>/train/COVID/...``);
 the class of an image is the name of its folder. Or a labels file naming the
 images (:func:`read_labels_file`): the original study's ``image_name,label``,
-or a public collection's CSV of paths, labels and patient ids. Either way,
-common spellings fold into one class name (``COVID19``, ``COVID-19`` and
+or a public collection's CSV of paths, labels, patient ids and sources. Either
+way, common spellings fold into one class name (``COVID19``, ``COVID-19`` and
 ``covid`` are all ``COVID``), and a data set with fewer than two classes, or a
 class of one image, is refused before any work (:func:`check_classes`).
 Symbolic links in the data folder (data stores such as DVC, git-annex or
 datalad keep files in a cache elsewhere) are followed wherever they point.
-
-This module owns the two files that describe the data to every later step:
-``original_labels.csv`` (:func:`read_labels`) and ``reports/dataset.json``
-(:func:`describe_dataset`, :func:`write_dataset_description`,
-:func:`read_dataset_description`), and the note that every figure carries to say
-which data it shows (:func:`data_note`).
+``original_labels.csv`` is read back by :func:`read_labels`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from cxrcluster import atomic, demo
-
 #: File endings read as images (compared case-insensitively). DICOM files without an
 #: ending are recognised by their preamble (:func:`is_dicom`).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+
 
 #: Folder-name spellings (lower case, letters and digits only) -> class name.
 CLASS_ALIASES = {
@@ -50,6 +41,7 @@ CLASS_ALIASES = {
     "bacterialpneumonia": "PNEUMONIA",
     "viralpneumonia": "PNEUMONIA",
 }
+
 
 #: Columns of ``original_labels.csv``: the original study's two, plus the image's
 #: path relative to the data folder (posix separators).
@@ -191,6 +183,12 @@ def scan_dataset(data_dir: str | os.PathLike) -> pd.DataFrame:
 FILE_COLUMNS = ("path", "image_name", "image", "file", "filename", "image_path", "image index")
 LABEL_COLUMN_NAMES = ("label", "class", "finding labels", "finding", "diagnosis")
 PATIENT_COLUMN_NAMES = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
+SOURCE_COLUMN_NAMES = ("source", "site", "hospital", "institution", "center", "centre", "dataset")
+
+#: The metadata file looked for beside the class folders, and the names its image column may have
+#: (its rows name an image by path relative to the data folder, or by file name).
+METADATA_FILE = "metadata.csv"
+METADATA_IMAGE_COLUMNS = ("path", "image", "image_name", "file", "filename", "image_path")
 
 
 def read_labels_file(
@@ -200,12 +198,13 @@ def read_labels_file(
     image_column: str | None = None,
     label_column: str | None = None,
     patient_column: str | None = None,
+    source_column: str | None = None,
 ) -> pd.DataFrame:
     """Read a labels file that names the images of ``data_dir``, as ``original_labels.csv`` rows.
 
     The original study's two-column ``image_name,label`` (images in one
     folder), or a collection's CSV of file names or relative paths with labels
-    and, optionally, patient ids.
+    and, optionally, patient ids and the source (hospital) of each image.
 
     Parameters
     ----------
@@ -213,27 +212,35 @@ def read_labels_file(
         The labels file.
     data_dir : path-like
         The folder the file names or paths are relative to.
-    image_column, label_column, patient_column : str, optional
+    image_column, label_column, patient_column, source_column : str, optional
         The columns to use; by default the first of :data:`FILE_COLUMNS`,
-        :data:`LABEL_COLUMN_NAMES` and :data:`PATIENT_COLUMN_NAMES` present
-        (no patient column is fine).
+        :data:`LABEL_COLUMN_NAMES`, :data:`PATIENT_COLUMN_NAMES` and
+        :data:`SOURCE_COLUMN_NAMES` present (no patient or source column is fine).
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``image_name, label, path`` (and ``patient`` when given),
-        sorted by label then path like :func:`scan_dataset`: ``image_name``
-        is the file name when unique, else the path; labels are folded by
-        :func:`canonical_class`.
+        Columns ``image_name, label, path`` (then ``patient`` and ``source``
+        when found), sorted by label then path like :func:`scan_dataset`:
+        ``image_name`` is the file name when unique, else the path; labels are
+        folded by :func:`canonical_class`.
 
     Raises
     ------
     DatasetError
         Before any work, naming the rows: a missing column, empty file names or
         labels, a file named twice, a path that is absolute or leaves the data
-        folder, a file that does not exist or is empty; and a data set
+        folder, a file that does not exist or is empty, an empty patient or
+        source, a source of one image (:func:`check_sources`); and a data set
         :func:`check_classes` refuses.
     """
+    return _read_labels_file(labels_csv, data_dir, image_column=image_column, label_column=label_column,
+                             patient_column=patient_column, source_column=source_column)[0]
+
+
+def _read_labels_file(labels_csv, data_dir, *, image_column, label_column, patient_column,
+                      source_column) -> tuple[pd.DataFrame, str | None]:
+    """:func:`read_labels_file`, and the name of the source column it read (None: none)."""
     labels_csv, root = Path(labels_csv), Path(data_dir)
     if not labels_csv.is_file():
         raise DatasetError(f"labels file {str(labels_csv)!r} does not exist")
@@ -244,6 +251,7 @@ def read_labels_file(
     image_col = _column(df, image_column, FILE_COLUMNS, "image", source)
     label_col = _column(df, label_column, LABEL_COLUMN_NAMES, "label", source)
     patient_col = _column(df, patient_column, PATIENT_COLUMN_NAMES, "patient", source, required=False)
+    source_col = _column(df, source_column, SOURCE_COLUMN_NAMES, "source", source, required=False)
     if df.empty:
         raise DatasetError(f"{source}: no rows")
     files = df[image_col].str.strip().str.replace("\\", "/", regex=False)
@@ -280,8 +288,11 @@ def read_labels_file(
         out["patient"] = df[patient_col].str.strip()
         if (out["patient"] == "").any():
             raise DatasetError(f"{source}: empty {patient_col!r} on line(s) {_lines(line[out['patient'] == ''])}")
+    if source_col is not None:
+        out["source"] = df[source_col].str.strip()
+        check_sources(out["source"], line, f"{source}, column {source_col!r}")
     check_classes(out, source)
-    return out.sort_values(["label", "path"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["label", "path"], kind="stable").reset_index(drop=True), source_col
 
 
 def with_dicom_patients(labels: pd.DataFrame, data_dir: str | os.PathLike) -> pd.DataFrame:
@@ -311,26 +322,41 @@ def with_dicom_patients(labels: pd.DataFrame, data_dir: str | os.PathLike) -> pd
     return labels.assign(patient=ids)
 
 
-def _column(df: pd.DataFrame, wanted: str | None, candidates, what: str, source: str, required: bool = True):
-    if wanted:
-        if wanted not in df.columns:
-            raise DatasetError(f"{source}: no column {wanted!r}; columns are {list(df.columns)}")
-        return wanted
-    lower = {c.strip().lower(): c for c in df.columns}
-    found = next((lower[c] for c in candidates if c in lower), None)
-    if found is None and required:
-        raise DatasetError(f"{source}: no {what} column (one of {list(candidates)}); columns are {list(df.columns)}. "
-                           f"Name it with the {what}_column option")
-    return found
+def check_sources(sources: pd.Series, where: pd.Series, what: str, by: str = "line") -> None:
+    """Refuse sources that cannot be studied: an empty one, or a source of a single image.
 
+    A source is compared with the others by the images it holds (which
+    classes, which clusters): one image is no sample of a hospital, and an
+    empty cell is a source nobody knows.
 
-def _shown(items, limit: int = 5) -> str:
-    items = list(items)
-    return ", ".join(map(str, items[:limit])) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    Parameters
+    ----------
+    sources : pandas.Series of str
+        The source of each image.
+    where : pandas.Series
+        Where each image's source was read, aligned with ``sources``: a line
+        of a file, or an image's path.
+    what : str
+        The file and column, for the message.
+    by : str, default "line"
+        What ``where`` holds, for the message: ``"line"`` or ``"image"``.
 
-
-def _lines(lines: pd.Series) -> str:
-    return _shown(lines.tolist())
+    Raises
+    ------
+    DatasetError
+        Naming the lines (or images) with an empty source, and each source of
+        one image with its line.
+    """
+    empty = sources.str.strip() == ""
+    if empty.any():
+        raise DatasetError(f"{what}: empty source on {by}(s) {_lines(where[empty])}: a source column names the "
+                           "source of every image, or of none")
+    counts = sources.value_counts()
+    single = sources.isin(counts.index[counts < 2])
+    if single.any():
+        raise DatasetError(f"{what}: a source must hold at least two images; "
+                           + ", ".join(f"{s!r} holds one ({by} {w})" for s, w in
+                                       zip(sources[single], where[single], strict=True)))
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
@@ -346,11 +372,13 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     pandas.DataFrame
         With at least ``image_name`` and ``label``; ``path`` defaults to
         ``<label>/<image_name>`` for two-column files of the original study.
+        ``patient`` and ``source``, when present, are text.
 
     Raises
     ------
     DatasetError
-        On missing columns, empty or duplicated image names, or empty labels.
+        On missing columns, empty or duplicated image names, empty labels, or
+        an empty source.
     """
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = {"image_name", "label"} - set(df.columns)
@@ -364,6 +392,9 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     dup = df["image_name"][df["image_name"].duplicated()]
     if len(dup):
         raise DatasetError(f"{path}: duplicated image_name(s): {', '.join(dup.unique()[:5])}")
+    if "source" in df.columns and (df["source"] == "").any():
+        raise DatasetError(f"{path}: empty source in row(s) {list(df.index[df['source'] == ''][:5] + 2)}; "
+                           "rerun 00-prepare-data")
     if "path" not in df.columns:
         df["path"] = df["label"] + "/" + df["image_name"]
     return df
@@ -413,80 +444,23 @@ def resolve_image_paths(labels: pd.DataFrame, data_dir: str | os.PathLike) -> li
     return out
 
 
-def labels_fingerprint(image_names: Iterable[str], labels: Iterable[str]) -> str:
-    """SHA-256 of the (image_name, label) sequence, to tie results to one labels file."""
-    h = hashlib.sha256()
-    for name, label in zip(image_names, labels, strict=True):
-        h.update(f"{name}\t{label}\n".encode())
-    return h.hexdigest()
+def _column(df: pd.DataFrame, wanted: str | None, candidates, what: str, source: str, required: bool = True):
+    if wanted:
+        if wanted not in df.columns:
+            raise DatasetError(f"{source}: no column {wanted!r}; columns are {list(df.columns)}")
+        return wanted
+    lower = {c.strip().lower(): c for c in df.columns}
+    found = next((lower[c] for c in candidates if c in lower), None)
+    if found is None and required:
+        raise DatasetError(f"{source}: no {what} column (one of {list(candidates)}); columns are {list(df.columns)}. "
+                           f"Name it with the {what}_column option")
+    return found
 
 
-#: The note of figures drawn from the synthetic demo data (:func:`data_note`).
-SYNTHETIC_NOTE = "SYNTHETIC demo data, not evidence"
+def _shown(items, limit: int = 5) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:limit])) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def describe_dataset(labels: pd.DataFrame, data_dir: str | os.PathLike) -> dict:
-    """Describe a scanned dataset for the reports: folder, synthetic or not, counts, fingerprint.
-
-    Parameters
-    ----------
-    labels : pandas.DataFrame
-        ``original_labels.csv`` (:func:`scan_dataset` or :func:`read_labels`).
-    data_dir : path-like
-        The folder the labels were scanned from.
-
-    Returns
-    -------
-    dict
-        ``data_dir`` (str; where it leads when it is a link, such as make's
-        link for a path with spaces, so that reports name the folder itself),
-        ``synthetic`` (bool: the demo data's marker file is
-        there), ``n_images``, ``classes`` (class -> image count, sorted by
-        class) and ``labels_sha256`` (:func:`labels_fingerprint`).
-    """
-    counts = labels["label"].value_counts().sort_index()
-    return {
-        "data_dir": str(Path(data_dir).resolve()) if Path(data_dir).is_symlink() else str(data_dir),
-        "synthetic": demo.is_synthetic(data_dir),
-        "n_images": len(labels),
-        "classes": {str(k): int(v) for k, v in counts.items()},
-        "labels_sha256": labels_fingerprint(labels["image_name"], labels["label"]),
-    }
-
-
-def write_dataset_description(description: dict, path: str | os.PathLike) -> None:
-    """Write a dataset description (:func:`describe_dataset`) atomically as JSON."""
-    atomic.write_json(description, path)
-
-
-def read_dataset_description(path: str | os.PathLike) -> dict:
-    """Read ``reports/dataset.json``, checking it has the keys the reports use.
-
-    Raises
-    ------
-    KeyError
-        Naming the keys that are missing.
-    """
-    description = json.loads(Path(path).read_text(encoding="utf-8"))
-    missing = [k for k in ("data_dir", "synthetic", "n_images", "classes") if k not in description]
-    if missing:
-        raise KeyError(f"{path} lacks {missing}; rerun 00-prepare-data")
-    return description
-
-
-def data_note(description: dict) -> str:
-    """What a figure's title says about its data: synthetic, or how many images from where.
-
-    Parameters
-    ----------
-    description : dict
-        A dataset description (:func:`describe_dataset`).
-
-    Returns
-    -------
-    str
-        :data:`SYNTHETIC_NOTE` for the demo data, else ``"<n> images from <folder>"``.
-    """
-    if description["synthetic"]:
-        return SYNTHETIC_NOTE
-    return f"{description['n_images']} images from {description['data_dir']}"
+def _lines(lines: pd.Series) -> str:
+    return _shown(lines.tolist())
