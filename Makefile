@@ -41,6 +41,7 @@ LABELS ?=#                      a labels CSV naming the images of DATA_DIR (inst
 IMAGE_COLUMN ?=#                its column of file names or paths (default: path, image_name, ...)
 LABEL_COLUMN ?=#                its column of labels (default: label, class, ...)
 PATIENT_COLUMN ?=#              its column of patient ids (default: patient, patient_id, ...; optional)
+SOURCE_COLUMN ?=#               its (or metadata.csv's) column of image sources (default: source, site, hospital, ...; optional)
 MAX_BAD_FRACTION ?= 0.05#       stop extraction when more than this share of images cannot be read
 MODELS ?= MobileNetV2-0.35#     space-separated backbones, or "all" (see src/cxrcluster/models.py)
 WEIGHTS ?= imagenet#            imagenet | none (random, meaningless features) | path/to/weights.h5
@@ -87,7 +88,7 @@ SRC_STAGES := SRC_PREPARE=notebooks/00-prepare-data.ipynb SRC_AUDIT=notebooks/01
     SRC_REPORT=notebooks/04-report.ipynb SRC_PROBE=notebooks/05-supervised.ipynb \
     SRC_INTERPRET=notebooks/06-interpretability.ipynb SRC_MASK=notebooks/07-mask-lungs.ipynb \
     SRC_COMPARE=notebooks/08-compare-variants.ipynb SRC_PREPARATIONS=notebooks/09-compare-preparations.ipynb \
-    SRC_ISSUES=notebooks/10-label-issues.ipynb \
+    SRC_ISSUES=notebooks/10-label-issues.ipynb SRC_WITHIN=notebooks/11-within-source.ipynb \
     SRC_INDEX=cxrcluster.report SRC_DEMO=cxrcluster.demo
 $(SRC_DEPS_MK): $(wildcard notebooks/*.ipynb) $(shell find $(S) -name '*.py') Makefile
 	@mkdir -p $(@D)
@@ -124,6 +125,7 @@ help: ## list the targets and the variables to override
 	@echo "  WORKERS=$(WORKERS) ENGINE=$(ENGINE) PRECISION=$(PRECISION) MAX_BAD_FRACTION=$(MAX_BAD_FRACTION)"
 	@echo "  SCHEDULER=$(SCHEDULER) (empty: this process; local:N; tcp://host:8786; or DASK_SCHEDULER_ADDRESS)"
 	@echo "  LABELS=$(LABELS) IMAGE_COLUMN=$(IMAGE_COLUMN) LABEL_COLUMN=$(LABEL_COLUMN) PATIENT_COLUMN=$(PATIENT_COLUMN)"
+	@echo "  SOURCE_COLUMN=$(SOURCE_COLUMN)"
 
 .PHONY: all
 all: report ## run the whole pipeline (creates .venv and the demo data if needed)
@@ -161,7 +163,7 @@ $(OUT)/.make/dataset: FORCE $(DATA_PREREQ)
 	@test -d "$(DATA_DIR)" || { echo "DATA_DIR=$(DATA_DIR) is not a folder" >&2; exit 1; }
 	$(if $(LABELS),@test -f "$(LABELS)" || { echo "LABELS=$(LABELS) is not a file" >&2; exit 1; })
 	$(call stamp,$(call dataset_stamp,$(DATA_DIR)); \
-	    echo "labels: $(LABELS) $(IMAGE_COLUMN) $(LABEL_COLUMN) $(PATIENT_COLUMN)"$(if $(LABELS),; cat "$(LABELS)"))
+	    echo "labels: $(LABELS) $(IMAGE_COLUMN) $(LABEL_COLUMN) $(PATIENT_COLUMN) $(SOURCE_COLUMN)"$(if $(LABELS),; cat "$(LABELS)"))
 
 $(OUT)/.make/masks: FORCE
 	$(call stamp,echo "masks: $(MASKS_DIR)"$(if $(MASKS_DIR),; $(call dataset_stamp,$(MASKS_DIR))))
@@ -188,7 +190,7 @@ $(1)/original_labels.csv $(1)/reports/dataset.json &: notebooks/00-prepare-data.
 	$$(call papermill,00-prepare-data,00-prepare-data,-r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv \
 	    -r dataset_json $(1)/reports/dataset.json -p make_demo_if_missing False \
 	    -r labels_csv "$(LABELS)" -r image_column "$(IMAGE_COLUMN)" -r label_column "$(LABEL_COLUMN)" \
-	    -r patient_column "$(PATIENT_COLUMN)",$(1))
+	    -r patient_column "$(PATIENT_COLUMN)" -r source_column "$(SOURCE_COLUMN)",$(1))
 
 # 01: the dataset audit, ahead of extraction
 $(1)/reports/audit/confound.json $(1)/reports/audit/metadata.csv $(1)/reports/audit/summary.csv \
@@ -204,12 +206,24 @@ $(foreach m,$(MODEL_LIST),$(call model_rules,$(1),$(2),$(3),$(m)))
 # 04: the report
 $(1)/clustering_results.csv $(1)/label_drift.csv &: notebooks/04-report.ipynb \
     $(foreach m,$(MODEL_LIST),$(1)/results/$(m).csv $(call label_csvs,$(1),$(m))) $(1)/reports/dataset.json \
-    $(1)/reports/audit/confound.json $(OUT)/.make/models $(SRC_REPORT) | $(VENV_OK)
+    $(1)/reports/audit/confound.json $(1)/reports/audit/metadata.csv $(1)/reports/within_source_results.csv \
+    $(OUT)/.make/models $(SRC_REPORT) | $(VENV_OK)
 	$$(call papermill,04-report,04-report,-r models "$(MODEL_LIST)" -r data_dir $(2) \
 	    -r original_labels_csv $(1)/original_labels.csv -r results_dir $(1)/results -r clustering_labels_dir $(1)/clustering_labels \
 	    -r features_dir $(1)/features -r dataset_json $(1)/reports/dataset.json \
-	    -r confound_json $(1)/reports/audit/confound.json -r results_csv $(1)/clustering_results.csv \
+	    -r confound_json $(1)/reports/audit/confound.json -r audit_metadata_csv $(1)/reports/audit/metadata.csv \
+	    -r within_source_csv $(1)/reports/within_source_results.csv -r results_csv $(1)/clustering_results.csv \
 	    -r drift_csv $(1)/label_drift.csv -r figures_dir $(1)/reports/figures,$(1))
+
+# 11: the fair test: every source holding two classes or more, clustered on its own
+$(1)/reports/within_source_results.csv: notebooks/11-within-source.ipynb \
+    $(foreach m,$(MODEL_LIST),$(1)/features/$(m).npy) $(1)/original_labels.csv $(1)/reports/dataset.json \
+    $(1)/reports/audit/metadata.csv $(CONFIG) $(OUT)/.make/models $(SRC_WITHIN) | $(VENV_OK)
+	$$(call papermill,11-within-source,11-within-source,-r models "$(MODEL_LIST)" \
+	    -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
+	    -r audit_metadata_csv $(1)/reports/audit/metadata.csv -r dataset_json $(1)/reports/dataset.json \
+	    -r config $(CONFIG) -r within_source_csv $(1)/reports/within_source_results.csv \
+	    -r within_source_labels_dir $(1)/clustering_labels/within_source -r scheduler "$(SCHEDULER)",$(1))
 
 # 05: supervised baselines on the same features
 $(1)/classification_results.csv: notebooks/05-supervised.ipynb $(1)/clustering_results.csv \
@@ -242,7 +256,8 @@ $(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/lab
 
 # the index links every output; it is rebuilt whenever a product it links changes
 $(1)/reports/index.html: $(1)/clustering_results.csv $(1)/label_drift.csv $(1)/reports/duplicates.csv \
-    $(1)/classification_results.csv $(1)/reports/interpretability.json $(1)/label_issues.csv \
+    $(1)/reports/within_source_results.csv $(1)/classification_results.csv $(1)/reports/interpretability.json \
+    $(1)/label_issues.csv \
     $(if $(and $(filter masked,$(VARIANT)),$(filter $(OUT),$(1))),$(COMPARISON)) \
     $(SRC_INDEX) | $(VENV_OK)
 	$(PY) -m cxrcluster.report $(1)
@@ -258,10 +273,10 @@ $(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels
 	    -p max_bad_fraction $(MAX_BAD_FRACTION) -r scheduler "$(SCHEDULER)" -r cache_dir $(1)/cache,$(1))
 
 $(1)/results/$(4).csv $(1)/results/$(4).label_csvs.txt $(call label_csvs,$(1),$(4)) &: notebooks/03-cluster.ipynb $(1)/features/$(4).npy $(1)/original_labels.csv $(CONFIG) \
-    $(SRC_CLUSTER) | $(VENV_OK)
+    $(1)/reports/audit/metadata.csv $(SRC_CLUSTER) | $(VENV_OK)
 	$$(call papermill,03-cluster,03-cluster-$(4),-r model $(4) -r original_labels_csv $(1)/original_labels.csv \
-	    -r features_dir $(1)/features -r config $(CONFIG) -r clustering_labels_dir $(1)/clustering_labels \
-	    -r results_dir $(1)/results -r scheduler "$(SCHEDULER)",$(1))
+	    -r features_dir $(1)/features -r audit_metadata_csv $(1)/reports/audit/metadata.csv -r config $(CONFIG) \
+	    -r clustering_labels_dir $(1)/clustering_labels -r results_dir $(1)/results -r scheduler "$(SCHEDULER)",$(1))
 
 endef
 
@@ -271,7 +286,7 @@ $(eval $(call variant_rules,$(OUT)/masked,$(MASKED_DATA),$(OUT)/masked/.make/dat
 # 08: full versus lung-masked, side by side
 $(COMPARISON): notebooks/08-compare-variants.ipynb $(OUT)/clustering_results.csv $(OUT)/classification_results.csv \
     $(OUT)/masked/clustering_results.csv $(OUT)/masked/classification_results.csv $(OUT)/reports/dataset.json \
-    $(SRC_COMPARE) | $(VENV_OK)
+    $(OUT)/reports/within_source_results.csv $(OUT)/masked/reports/within_source_results.csv $(SRC_COMPARE) | $(VENV_OK)
 	$(call papermill,08-compare-variants,08-compare-variants,-r full_dir $(OUT) -r masked_dir $(OUT)/masked \
 	    -r comparison_csv $(COMPARISON) -r figures_dir $(OUT)/reports/figures,$(OUT))
 

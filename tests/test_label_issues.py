@@ -212,3 +212,76 @@ def test_a_share_too_small_to_flip_anything_is_reported_not_scored():
     assert (small["n_flipped"] == 0).all() and small["roc_auc"].isna().all()
     assert 0.05 not in curves and (check.loc[check["fraction"] == 0.4, "n_flipped"] == 6).all()
     assert "too few images" in label_issues.headline_signal(check, 0.05)[1]
+
+
+# ---------------------------------------------------------------- the hospital speaking
+
+
+def test_a_flag_toward_the_sources_most_frequent_class_is_source_explained():
+    labels = ["COVID", "COVID", "NORMAL", "NORMAL", "COVID", "COVID", "NORMAL"]
+    suggested = ["COVID", "NORMAL", "COVID", "PNEUMONIA", "", "NORMAL", "COVID"]
+    sources = ["A", "A", "A", "A", "A", "T", "T"]  # A: mostly COVID; T: a tie, no most frequent class
+    assert label_issues.source_majority(labels, sources) == {"A": "COVID", "T": None}
+    flags = label_issues.source_explained(suggested, labels, sources)
+    assert flags.tolist() == [False, False, True, False, pd.NA, False, False]
+    assert label_issues.source_explained(suggested, labels).isna().all()  # no source: not known
+    # the make-up of a source counted from other labels (the given ones, in the noise check): T is mostly NORMAL
+    given = [*labels[:5], "NORMAL", "NORMAL"]
+    assert label_issues.source_explained(suggested, labels, sources, majority_labels=given).tolist() == [
+        False, False, True, False, pd.NA, True, False]
+
+
+def hospital_blobs(seed=0):
+    """Two sources of 60 images whose features carry only the source: A holds 50 COVID and 10 NORMAL, B the reverse."""
+    X, side = make_blobs(n_samples=120, centers=2, n_features=4, cluster_std=0.8, random_state=seed)
+    sources = np.array(["A", "B"])[side]
+    labels = np.empty(120, dtype=object)
+    for source, (major, minor) in {"A": ("COVID", "NORMAL"), "B": ("NORMAL", "COVID")}.items():
+        mine = np.flatnonzero(sources == source)
+        labels[mine] = major
+        labels[mine[:10]] = minor
+    names = np.array([f"img{i:03d}.png" for i in range(120)])
+    return X, labels.astype(str), sources, names, frame(names, labels.astype(str), side)
+
+
+def test_label_issues_table_marks_the_flags_that_the_source_explains():
+    X, labels, sources, names, runs = hospital_blobs()
+    probabilities, classes = label_issues.out_of_fold_probabilities({"M": X}, labels, seed=0)
+    table = label_issues.label_issues_table(names, labels, {"M_KMeans": runs}, probabilities, classes,
+                                            sources=sources)
+    assert table.columns[: len(label_issues.ISSUE_COLUMNS)].tolist() == label_issues.ISSUE_COLUMNS
+    by_name = table.set_index("image_name")
+    minority = pd.Series((sources == "A") & (labels == "NORMAL") | (sources == "B") & (labels == "COVID"), index=names)
+    # the probe learned the hospital: every minority image is suggested its source's class, and only those
+    assert by_name["source_explained"].astype(bool).reindex(names).tolist() == minority.tolist()
+    assert minority.sum() == 20
+    plain = label_issues.label_issues_table(names, labels, {"M_KMeans": runs}, probabilities, classes)
+    assert plain["source_explained"].isna().all()
+    pd.testing.assert_frame_equal(plain.drop(columns="source_explained"), table.drop(columns="source_explained"))
+
+
+def test_noise_check_without_the_source_explained_flags_keeps_every_row_of_all_images():
+    X, labels, sources, names, runs = hospital_blobs(seed=3)
+    kwargs = dict(fractions=(0.1, 0.005), n_splits=3, seed=2)
+    plain, _ = label_issues.noise_check(names, labels, {"M_KMeans": runs}, {"M": X}, **kwargs)
+    check, _ = label_issues.noise_check(names, labels, {"M_KMeans": runs}, {"M": X}, sources=sources, **kwargs)
+    assert check.columns.tolist() == label_issues.CHECK_COLUMNS and check.columns[-1] == "subset"
+    assert plain["subset"].eq("all").all() and len(plain) == 8
+    pd.testing.assert_frame_equal(check.iloc[:8], plain)  # the rows of all images, unchanged and first
+    rest = check.iloc[8:]  # 0.5 % of 60 flips nothing: no subset rows for it
+    assert rest["subset"].eq("not_source_explained").all() and rest["fraction"].eq(0.1).all()
+    assert rest["signal"].tolist() == list(label_issues.SIGNALS)
+    # a flipped majority image is suggested its source's class again: explained, and left out
+    flipped, truth = label_issues.plant_flips(labels, 0.1, seed=2)
+    n_flipped_majority = int((truth & (labels == np.where(sources == "A", "COVID", "NORMAL"))).sum())
+    row = rest.iloc[0]
+    assert n_flipped_majority > 0 and row["n_flipped"] <= int(truth.sum()) - n_flipped_majority
+    assert row["n_images"] < 120 and row["prevalence"] == pytest.approx(row["n_flipped"] / row["n_images"])
+    assert label_issues.on_all_images(check).equals(check.iloc[:8])
+
+
+def test_the_headline_is_judged_on_all_images():
+    check = pd.DataFrame({"fraction": [0.05] * 8, "signal": list(label_issues.SIGNALS) * 2,
+                          "roc_auc": [0.7, 0.9, 0.95, 0.5, 0.99, 0.6, 0.7, 0.5],
+                          "subset": ["all"] * 4 + ["not_source_explained"] * 4})
+    assert label_issues.headline_signal(check, 0.05)[0] == "combined"

@@ -122,6 +122,24 @@ def test_notebooks_in_sequence_write_what_they_promise(tmp_path):
     for name in ["label_noise_check", "label_issues_gallery"]:
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
 
+    # 11: each source holding two classes clustered on its own (here NORMAL and PNEUMONIA share one)
+    with_sources = labels.assign(source=labels["label"].map({"COVID": "h1"}).fillna("h2"))
+    with_sources.to_csv(out / "labels_with_sources.csv", index=False)
+    within_config = {**config, "algorithms": {k: v for k, v in config["algorithms"].items() if k != "DBSCAN"}}
+    (out / "within.yaml").write_text(yaml.safe_dump(within_config, sort_keys=False))
+    execute("11-within-source", out, models="MobileNetV2-0.35", original_labels_csv=str(out / "labels_with_sources.csv"),
+            features_dir=str(out / "features"), audit_metadata_csv=str(out / "audit" / "metadata.csv"),
+            dataset_json=str(dataset_json), config=str(out / "within.yaml"),
+            within_source_csv=str(out / "within_source_results.csv"),
+            within_source_labels_dir=str(out / "clustering_labels" / "within_source"), min_images=3)
+    within = pd.read_csv(out / "within_source_results.csv")
+    assert within.columns.tolist()[:5] == ["source", "model", "clustering", "n_images", "classes"]
+    assert within["clustering"].tolist() == ["KMeans", "AgglomerativeWard"] and set(within["source"]) == {"h2"}
+    assert (within["n_images"] == 12).all() and (within["classes"] == "NORMAL, PNEUMONIA").all()
+    for algo in within["clustering"]:
+        table = pd.read_csv(out / "clustering_labels" / "within_source" / "h2" / f"MobileNetV2-0.35_{algo}.csv")
+        assert sorted(table["label"].unique()) == ["NORMAL", "PNEUMONIA"] and len(table) == 12
+
     # 06: Grad-CAM and saliency through the probe, and the KMeans cluster's Grad-CAM for drifted images
     execute("06-interpretability", out, model="MobileNetV2-0.35", weights="none", data_dir=str(data_dir),
             original_labels_csv=str(labels_csv), features_dir=str(out / "features"),

@@ -21,6 +21,8 @@ pytestmark = [pytest.mark.e2e]
 
 #: The README's figures of KMeans on the real sample (MobileNetV2-0.35 ImageNet features).
 KMEANS = {"change": 15.0, "raw": 89.3, "ari": 0.611, "nmi": 0.645, "chance": 62.9}
+#: ... and within Guangzhou alone (NORMAL against PNEUMONIA, 200 images): KMeans and the label probe.
+WITHIN = {"change": 18.5, "chance": 47.5, "probe": 0.855}
 
 
 def make(*args, check=True):
@@ -91,6 +93,20 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
         assert rows.loc[name, "n_clusters"] >= 2 or rows.loc[name, "status"].startswith("degenerate: "), name
     probe = products.CLASSIFICATION_RESULTS.read(root=tmp_path).set_index("model").loc["MobileNetV2-0.35"]
     assert probe["accuracy_mean"] == pytest.approx(0.913, abs=0.01 * wide)
+    # disease or hospital: the sample's sources are read from its metadata.csv, nested in the classes
+    assert (labels["source"] == labels["label"].map({"COVID": "hannover"}).fillna("guangzhou")).all()
+    assert (results["source_kind"] == "source").all() and (results["source_given_label"].dropna() == 0).all()
+    assert kmeans["follows"] == "label" and kmeans["label_given_source"] > kmeans["label_given_source_chance"]
+    assert probe["n_sources"] == 2 and probe["source_balanced_accuracy"] >= 0.95
+    assert probe["within_source_balanced_accuracy"] == pytest.approx(WITHIN["probe"], abs=0.03 * wide)
+    within = products.WITHIN_SOURCE_RESULTS.read(root=tmp_path).set_index(["source", "clustering"])
+    assert set(within.index.get_level_values("source")) == {"guangzhou"}  # hannover holds one class only
+    guangzhou = within.loc[("guangzhou", "KMeans")]
+    print(f"KMeans within Guangzhou: {guangzhou['label_percentage_change']:.1f}% (chance "
+          f"{guangzhou['chance_label_change']:.1f}%)")
+    assert guangzhou["n_images"] == 200 and guangzhou["classes"] == "NORMAL, PNEUMONIA"
+    assert guangzhou["label_percentage_change"] == pytest.approx(WITHIN["change"], abs=3 * wide)
+    assert guangzhou["chance_label_change"] == pytest.approx(WITHIN["chance"], abs=1.5 * wide)
     for row in results[results["status"] == "ok"].itertuples():
         table = pd.read_csv(tmp_path / "clustering_labels" / f"{row.model}_{row.clustering}.csv")
         assert len(table) == 300
@@ -106,10 +122,11 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
         assert 100 * table["changed"].mean() == pytest.approx(row.label_percentage_change)
     # label issues: at 5 % planted flips the combined rank is at least as good as either signal (seed 0)
     check = products.LABEL_NOISE_CHECK.read(root=tmp_path)
-    at5 = check[check["fraction"] == 0.05].set_index("signal")["roc_auc"]
+    at5 = check[(check["fraction"] == 0.05) & (check["subset"] == "all")].set_index("signal")["roc_auc"]
     print(f"planted 5 %: ROC AUC {at5.round(3).to_dict()}")
     assert at5["combined"] >= max(at5["drift"], at5["cleanlab"]) and at5["random"] < 0.7
     issues = products.LABEL_ISSUES.read(root=tmp_path)
+    assert issues["source_explained"].notna().all()  # known for every image, as the sources are
     assert len(issues) == 300 and issues["combined_score"].is_monotonic_decreasing
     # label drift: every share recomputed from the label CSVs of the combinations that ran
     drift = products.LABEL_DRIFT.read(root=tmp_path).set_index("image_name")

@@ -6,7 +6,14 @@ import pytest
 from conftest import SAMPLE_DIR, needs_sample
 from sklearn.datasets import make_blobs, make_classification
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -206,3 +213,91 @@ def test_a_probe_that_does_not_converge_is_counted_and_warned(fixture_data, monk
     with pytest.warns(Warning, match="did not converge in 2 iterations"):
         result = probe.linear_probe_cv(X, y, n_splits=3)
     assert result.summary["n_not_converged"] == 3
+
+
+# ---------------------------------------------------------------- disease or hospital
+
+
+def hospital_data(carry="source", n=240, seed=0):
+    """Two sources of 120 images; the features carry either the source or the label, never both.
+
+    With ``carry="source"``, source A holds 3 COVID for 1 NORMAL and source B the reverse, labels drawn
+    at random within each source: the label is predictable only through the source.
+    With ``carry="label"``, each source holds the two classes half and half, sources drawn at random.
+    """
+    rng = np.random.default_rng(seed)
+    X, carried = make_blobs(n_samples=n, centers=2, n_features=5, cluster_std=1.0, random_state=seed)
+    names = np.array(["A", "B"]) if carry == "source" else np.array(["COVID", "NORMAL"])
+    carried = names[carried]
+    if carry == "source":
+        sources = carried
+        labels = np.where(rng.random(n) < np.where(sources == "A", 0.75, 0.25), "COVID", "NORMAL")
+    else:
+        labels, sources = carried, rng.choice(["A", "B"], size=n)
+    return X, labels, sources
+
+
+def test_features_that_carry_only_the_hospital_predict_it_and_not_the_label_within_it():
+    X, labels, sources = hospital_data("source")
+    label_probe = probe.linear_probe_cv(X, labels, n_splits=5, seed=0)
+    overall = balanced_accuracy_score(labels, label_probe.predictions["predicted"].astype(str))
+    out = probe.source_probe(X, labels, sources, n_splits=5, seed=0)
+    assert list(out)[:len(probe.SOURCE_COLUMNS)] == list(probe.SOURCE_COLUMNS)
+    assert out["n_sources"] == 2 and out["source_chance"] == 0.5 and out["source_majority"] == 0.5
+    assert out["source_balanced_accuracy"] > 0.97  # the features know the hospital
+    assert overall > 0.68  # ...and so the label probe looks good overall
+    assert out["n_within_sources"] == 2 and out["within_source_chance"] == 0.5
+    assert abs(out["within_source_balanced_accuracy"] - 0.5) < 0.12  # within a hospital: chance
+    for source in ("A", "B"):
+        assert abs(out[f"within_source_balanced_accuracy_{source}"] - 0.5) < 0.15
+        assert out[f"within_source_chance_{source}"] == 0.5
+
+
+def test_features_that_carry_the_label_predict_it_within_each_hospital_and_not_the_hospital():
+    X, labels, sources = hospital_data("label", seed=1)
+    out = probe.source_probe(X, labels, sources, n_splits=5, seed=0)
+    assert abs(out["source_balanced_accuracy"] - 0.5) < 0.12
+    assert out["within_source_balanced_accuracy"] > 0.95
+    assert out["source_majority"] == pytest.approx(max(np.mean(sources == "A"), np.mean(sources == "B")))
+    # the weighted mean of the two sources
+    a, b = (sources == "A").sum(), (sources == "B").sum()
+    assert out["within_source_balanced_accuracy"] == pytest.approx(
+        (a * out["within_source_balanced_accuracy_A"] + b * out["within_source_balanced_accuracy_B"]) / (a + b))
+
+
+def test_which_sources_and_classes_are_probed():
+    X, _ = make_blobs(n_samples=170, centers=3, n_features=4, random_state=2)
+    sources = np.repeat(["A", "B", "C"], [60, 50, 60])
+    labels = np.concatenate([np.repeat(["COVID", "NORMAL"], 30),  # A: two classes of 30: probed
+                             np.repeat(["COVID", "NORMAL", "PNEUMONIA"], [40, 5, 5]),  # B: one class of 20+
+                             np.repeat(["NORMAL", "PNEUMONIA"], [35, 25])])  # C: probed on two classes
+    out = probe.source_probe(X, labels, sources, n_splits=5, seed=0)
+    assert out["n_sources"] == 3 and out["source_chance"] == pytest.approx(1 / 3)
+    assert out["n_within_sources"] == 2
+    assert {k for k in out if k.startswith("within_source_balanced_accuracy_")} == {
+        "within_source_balanced_accuracy_A", "within_source_balanced_accuracy_C"}
+    # grouped by patient: a source of three patients cannot be split into five folds, so it is left out
+    groups = np.array([f"p{i}" for i in range(170)])
+    groups[sources == "C"] = np.resize(["c1", "c2", "c3"], 60)
+    grouped = probe.source_probe(X, labels, sources, groups=groups, n_splits=5, seed=0)
+    assert grouped["n_sources"] == 2 and grouped["source_chance"] == 0.5 and grouped["n_within_sources"] == 1
+    assert grouped["within_source_balanced_accuracy"] == grouped["within_source_balanced_accuracy_A"]
+    # unreadable images count nowhere: 11 of C's PNEUMONIA images lost leave it one class of 20+
+    unreadable = X.copy()
+    unreadable[np.flatnonzero((sources == "C") & (labels == "PNEUMONIA"))[:11]] = np.nan
+    assert probe.source_probe(unreadable, labels, sources, n_splits=5, seed=0)["n_within_sources"] == 1
+
+
+def test_without_a_source_every_source_column_is_empty_and_reads_back_typed(tmp_path):
+    X, labels, _ = hospital_data("source")
+    out = probe.source_probe(X, labels, None)
+    assert list(out) == list(probe.SOURCE_COLUMNS) and all(np.isnan(v) for v in out.values())
+    from cxrcluster import products
+
+    rows = pd.DataFrame([{"model": "M", "trained_weights": True, "accuracy_mean": 0.9, "accuracy_std": 0.01,
+                          **probe.source_probe(X, labels, hospital_data("source")[2])},
+                         {"model": "N", "trained_weights": True, "accuracy_mean": 0.8, "accuracy_std": 0.02,
+                          **probe.source_probe(X, labels, hospital_data("source")[2])}])
+    back = products.CLASSIFICATION_RESULTS.read(products.CLASSIFICATION_RESULTS.write(rows, root=tmp_path))
+    assert back["n_sources"].dtype == np.int64 and back["n_within_sources"].tolist() == [2, 2]
+    assert back["within_source_balanced_accuracy_A"].dtype == np.float64

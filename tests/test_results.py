@@ -41,6 +41,24 @@ def test_variant_summary_names_the_same_best_as_best_algorithm_on_a_tie():
     assert summary.loc["VGG16", "best_algorithm"] == "KMeans"
     assert summary.loc["VGG16", "kmeans_ari"] == pytest.approx(0.1)
     assert summary.loc["VGG16", "probe_accuracy"] == pytest.approx(0.8)
+    assert summary[["source_probe_accuracy", "within_source_change"]].isna().all().all()  # no source: no figures
+
+
+def test_variant_summary_carries_the_source_probe_and_the_within_source_change():
+    probes = pd.DataFrame({"model": ["ResNet50", "VGG16"], "accuracy_mean": [0.9, 0.8],
+                           "source_balanced_accuracy": [0.99, np.nan], "within_source_balanced_accuracy": [0.7, 0.6]})
+    within = pd.DataFrame({  # KMeans in two sources, weighted by their images; the failed run does not count
+        "source": ["a", "b", "a", "a"], "model": ["ResNet50", "ResNet50", "ResNet50", "VGG16"],
+        "clustering": ["KMeans", "KMeans", "Ward", "KMeans"], "n_images": [100, 300, 100, 100],
+        "label_percentage_change": [10.0, 30.0, 1.0, np.nan], "chance_label_change": [40.0, 48.0, 40.0, np.nan],
+        "status": ["ok", "ok", "ok", "failed: boom"]})
+    summary = results.summarise_variant(RESULTS, probes, within_source=within)
+    assert summary.loc["ResNet50", "source_probe_accuracy"] == pytest.approx(0.99)
+    assert summary.loc["ResNet50", "within_source_probe_accuracy"] == pytest.approx(0.7)
+    assert summary.loc["ResNet50", "within_source_change"] == pytest.approx((10 * 100 + 30 * 300) / 400)
+    assert summary.loc["ResNet50", "within_source_chance"] == pytest.approx((40 * 100 + 48 * 300) / 400)
+    assert np.isnan(summary.loc["VGG16", "within_source_change"]) and np.isnan(summary.loc["VGG16",
+                                                                                         "source_probe_accuracy"])
 
 
 def test_label_csv_name_and_round_trip(tmp_path: Path):

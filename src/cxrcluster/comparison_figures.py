@@ -2,7 +2,10 @@
 
 :func:`supervised_vs_clustering_figure` puts each model's linear probe beside
 its two best clusterings and their chance levels; :func:`variants_figure`
-puts full and lung-masked X-rays side by side. Built like those of
+puts full and lung-masked X-rays side by side; :func:`source_heatmaps` sets
+the label change beside what the clusters say about the label within each
+source and the source within each label, and :func:`within_source_figure`
+the pooled change beside the change within one source (the fair test). Built like those of
 :mod:`cxrcluster.figures`: a :class:`matplotlib.figure.Figure` each, titled
 with the data note.
 """
@@ -11,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from cxrcluster.figures import with_data_note
+from cxrcluster.figures import VALUE_LABELS, _draw_heatmap, _heatmap_grid, with_data_note
 from cxrcluster.results import BEST_RULES, best_algorithm
 
 
@@ -114,4 +118,108 @@ def variants_figure(comparison: pd.DataFrame, data_note: str = "") -> Figure:
         ax.set_title(label, fontsize="medium")
     axes[0].legend(fontsize="small")
     fig.suptitle(with_data_note("Full versus lung-masked X-rays", data_note))
+    return fig
+
+
+def source_heatmaps(results: pd.DataFrame, data_note: str = "", notes: list[str] | None = None) -> Figure:
+    """The label change beside what the clusters say about the label within a source, and the reverse.
+
+    Three models x algorithms grids drawn as :func:`heatmap` draws one: the
+    matched label change (with its chance level), ``label_given_source``
+    = I(C; Y | S) / H(Y | S) and ``source_given_label`` = I(C; S | Y) / H(S | Y)
+    (:mod:`cxrcluster.sources`), each with its permutation p-value, on a
+    fixed 0 to 1 scale.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        ``clustering_results.csv`` with the source columns
+        (:data:`cxrcluster.sources.SOURCE_COLUMNS`).
+    data_note : str, default ""
+        Appended to the titles.
+    notes : list of str, optional
+        Lines written under the figure's title: that the sources are a proxy,
+        or that every class comes from one source (so that the third grid is
+        0 by construction).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three subfigures, each one grid and its colour bar.
+    """
+    panels = [("label_percentage_change", "Matched label change (%, chance beside)", None, "viridis"),
+              ("label_given_source", "The label within each source:\nI(C;Y|S) / H(Y|S), p beside", (0.0, 1.0), "magma"),
+              ("source_given_label", "The source within each label:\nI(C;S|Y) / H(S|Y), p beside", (0.0, 1.0), "magma")]
+    grids = [_heatmap_grid(results, value, None) for value, *_ in panels]
+    width = sum(g.size[0] for g in grids)
+    height = max(g.size[1] for g in grids) + 0.4 * len(notes or []) + 0.5
+    fig = Figure(figsize=(width, height), layout="constrained")
+    title = with_data_note("Does the clustering follow the label or the source?", data_note)
+    fig.suptitle("\n".join([title, *(notes or [])]), fontsize="medium")
+    legend = {}
+    for sub, grid, (value, title, limits, cmap) in zip(fig.subfigures(1, 3), grids, panels, strict=True):
+        label = VALUE_LABELS.get(value, value) if value == "label_percentage_change" else "0 to 1"
+        for handle in _draw_heatmap(sub, grid, label, cmap, "model (feature extractor)", title, limits):
+            legend[handle.get_label()] = handle
+    if legend:
+        fig.legend(handles=list(legend.values()), loc="outside lower center", fontsize="small", frameon=False)
+    return fig
+
+
+def within_source_figure(side_by_side: pd.DataFrame, data_note: str = "") -> Figure:
+    """Each algorithm's matched label change pooled, beside its change within one source, with chance ticks.
+
+    Parameters
+    ----------
+    side_by_side : pandas.DataFrame
+        :func:`cxrcluster.sources.pooled_and_within`.
+    data_note : str, default ""
+        Appended to the titles.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes per model: horizontal bars per algorithm (the pooled run,
+        then one per source), a black tick at each bar's chance level; a run
+        that is not ok has no bar and its status written instead.
+    """
+    models = list(dict.fromkeys(side_by_side["model"])) or [""]
+    algorithms = list(dict.fromkeys(side_by_side["clustering"]))
+    source_names = list(dict.fromkeys(side_by_side["source"]))
+    series = [("pooled: every class and source", None)] + [(f"within {s}", s) for s in source_names]
+    colours = ["0.6"] + [colormaps["tab10"](i % 10) for i in range(len(source_names))]
+    height = 0.22 * max(1, len(algorithms)) * len(series) + 1.8
+    fig = Figure(figsize=(7.0 * len(models), height), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(models), squeeze=False)[0])
+    bar = 0.8 / len(series)
+    for ax, model in zip(axes, models, strict=True):
+        rows = side_by_side[side_by_side["model"] == model]
+        for k, ((name, source), colour) in enumerate(zip(series, colours, strict=True)):
+            for i, algorithm in enumerate(algorithms):
+                picked = rows[rows["clustering"] == algorithm]
+                if source is not None:
+                    picked = picked[picked["source"] == source]
+                if picked.empty:
+                    continue
+                first = picked.iloc[0]
+                prefix = "pooled" if source is None else "within"
+                y = i + (k - (len(series) - 1) / 2) * bar
+                if first[f"{prefix} status"] != "ok":
+                    ax.text(1, y, first[f"{prefix} status"], va="center", fontsize="x-small", color="0.3")
+                    continue
+                ax.barh(y, first[f"{prefix} change %"], height=bar, color=colour,
+                        label=name if i == 0 or name not in ax.get_legend_handles_labels()[1] else None)
+                ax.plot([first[f"{prefix} chance %"]] * 2, [y - bar / 2, y + bar / 2], color="black", linewidth=2)
+        ax.set_yticks(range(len(algorithms)), algorithms)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("matched label change (% of images); black tick: chance level")
+        ax.set_title(with_data_note(f"{model}: pooled and within one source", data_note), fontsize="medium")
+    legend = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(3, len(legend)),
+                   fontsize="small", frameon=False)
     return fig

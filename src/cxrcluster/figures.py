@@ -12,6 +12,7 @@ to its titles, so a figure of demo data cannot pass for a result.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -112,10 +113,49 @@ def heatmap(
     matplotlib.figure.Figure
         One axes (the grid) plus its colour bar.
     """
+    grid = _heatmap_grid(results, value, fmt)
+    fig = Figure(figsize=grid.size, layout="constrained")
+    label = label or VALUE_LABELS.get(value, value)
+    title = f"{label[:1].upper()}{label[1:]} by {series.split(' (')[0]} and clustering algorithm"
+    handles = _draw_heatmap(fig, grid, label, cmap, series, with_data_note(title, data_note))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", fontsize="small", frameon=False)
+    return fig
+
+
+#: What each value's cells carry beside their figure: a column and its format.
+_BESIDE = {
+    "label_percentage_change": ("chance_label_change", "  (chance {:.0f})"),
+    "label_given_source": ("label_given_source_p", "  (p {:.3f})"),
+    "source_given_label": ("source_given_label_p", "  (p {:.3f})"),
+}
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A heatmap's cells: values, notes for the cells without one, degenerate runs, the figure beside."""
+
+    rows: list
+    cols: list
+    values: np.ndarray
+    notes: np.ndarray
+    degenerate: np.ndarray
+    beside: np.ndarray
+    beside_fmt: str
+    fmt: str
+    transpose: bool
+
+    @property
+    def size(self) -> tuple[float, float]:
+        width = (1.6 if self.transpose else 1.3) * len(self.cols) + (5.5 if self.transpose else 3.5)
+        return width, (0.45 if self.transpose else 0.6) * len(self.rows) + 2.8
+
+
+def _heatmap_grid(results: pd.DataFrame, value: str, fmt: str | None) -> _Grid:
+    """The cells of :func:`heatmap` (models x algorithms, or transposed when there are many algorithms)."""
     for column in ("model", "clustering", "status", value):
         if column not in results.columns:
             raise KeyError(f"results lacks column {column!r}")
-    label = label or VALUE_LABELS.get(value, value)
     if fmt is None:
         fmt = "{:.1f}" if value in ("label_percentage_change", "wall_time_s") else "{:.2f}"
     models = list(dict.fromkeys(results["model"]))
@@ -127,10 +167,11 @@ def heatmap(
     grid = np.full((len(models), len(algorithms)), np.nan)
     notes = np.full(grid.shape, "missing", dtype=object)
     degenerate = np.zeros(grid.shape, dtype=bool)
-    # the label change is read beside its own chance level
-    chance_column = "chance_label_change" if value == "label_percentage_change" and "chance_label_change" in results \
-        else None
-    chance = np.full(grid.shape, np.nan)
+    # the label change is read beside its own chance level, a conditional figure beside its p-value
+    beside_column, beside_fmt = _BESIDE.get(value, (None, ""))
+    if beside_column not in results:
+        beside_column = None
+    beside = np.full(grid.shape, np.nan)
     for i, model in enumerate(models):
         for j, algorithm in enumerate(algorithms):
             if (model, algorithm) not in indexed.index:
@@ -138,8 +179,8 @@ def heatmap(
             row = indexed.loc[(model, algorithm)]
             kind = status_kind(row["status"])
             number = pd.to_numeric(row[value], errors="coerce")
-            if chance_column:
-                chance[i, j] = pd.to_numeric(row[chance_column], errors="coerce")
+            if beside_column:
+                beside[i, j] = pd.to_numeric(row[beside_column], errors="coerce")
             if kind == "ok" and pd.notna(number):
                 grid[i, j] = float(number)
                 notes[i, j] = ""
@@ -152,31 +193,36 @@ def heatmap(
 
     # Many algorithms and few models make a long strip: algorithms then go down the rows.
     transpose = len(algorithms) > 8 and len(algorithms) > len(models)
-    rows_names, cols_names = (algorithms, models) if transpose else (models, algorithms)
     if transpose:
-        grid, notes, degenerate, chance = grid.T, notes.T, degenerate.T, chance.T
-    width = (1.6 if transpose else 1.3) * len(cols_names) + (5.5 if transpose else 3.5)
-    fig = Figure(figsize=(width, (0.45 if transpose else 0.6) * len(rows_names) + 2.8), layout="constrained")
+        return _Grid(algorithms, models, grid.T, notes.T, degenerate.T, beside.T, beside_fmt, fmt, True)
+    return _Grid(models, algorithms, grid, notes, degenerate, beside, beside_fmt, fmt, False)
+
+
+def _draw_heatmap(fig, grid: _Grid, label: str, cmap: str, series: str, title: str,
+                  limits: tuple[float, float] | None = None) -> list[Patch]:
+    """Draw a :class:`_Grid` with its colour bar on ``fig`` (a figure or a subfigure); return its legend's handles."""
     ax = fig.subplots()
     colour_map = colormaps[cmap]
-    masked = np.ma.masked_invalid(grid)
-    finite = grid[np.isfinite(grid)]
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    values = grid.values
+    finite = values[np.isfinite(values)]
+    vmin, vmax = limits or ((finite.min(), finite.max()) if finite.size else (0.0, 1.0))
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
-    image = ax.imshow(masked, cmap=colour_map, vmin=vmin, vmax=vmax, aspect="auto")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colour_map, vmin=vmin, vmax=vmax, aspect="auto")
     fig.colorbar(image, ax=ax, label=label)
 
     n_blank = n_degenerate = 0
-    for i in range(len(rows_names)):
-        for j in range(len(cols_names)):
-            if np.isfinite(grid[i, j]):
-                r, g, b, _ = colour_map((grid[i, j] - vmin) / (vmax - vmin))
+    for i in range(len(grid.rows)):
+        for j in range(len(grid.cols)):
+            if np.isfinite(values[i, j]):
+                r, g, b, _ = colour_map((values[i, j] - vmin) / (vmax - vmin))
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                text = fmt.format(grid[i, j]) + (f"  (chance {chance[i, j]:.0f})" if np.isfinite(chance[i, j]) else "")
+                text = grid.fmt.format(values[i, j])
+                if np.isfinite(grid.beside[i, j]):
+                    text += grid.beside_fmt.format(grid.beside[i, j])
                 ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black", fontsize="small")
                 continue
-            if degenerate[i, j]:
+            if grid.degenerate[i, j]:
                 n_degenerate += 1
                 hatch, colour = _DEGENERATE_HATCH, _DEGENERATE_COLOUR
             else:
@@ -184,14 +230,13 @@ def heatmap(
                 hatch, colour = _HATCH, _HATCH_COLOUR
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch=hatch, edgecolor=colour,
                                    linewidth=0))
-            ax.text(j, i, notes[i, j], ha="center", va="center", color="0.3", fontsize="x-small",
+            ax.text(j, i, grid.notes[i, j], ha="center", va="center", color="0.3", fontsize="x-small",
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
-    ax.set_xticks(range(len(cols_names)), cols_names, rotation=35, ha="right")
-    ax.set_yticks(range(len(rows_names)), rows_names)
-    ax.set_xlabel(series if transpose else "clustering algorithm")
-    ax.set_ylabel("clustering algorithm" if transpose else series)
-    ax.set_title(with_data_note(f"{label[:1].upper()}{label[1:]} by {series.split(' (')[0]} and clustering "
-                                "algorithm", data_note))
+    ax.set_xticks(range(len(grid.cols)), grid.cols, rotation=35, ha="right")
+    ax.set_yticks(range(len(grid.rows)), grid.rows)
+    ax.set_xlabel(series if grid.transpose else "clustering algorithm")
+    ax.set_ylabel("clustering algorithm" if grid.transpose else series)
+    ax.set_title(title)
     handles = []
     if n_blank:
         handles.append(Patch(facecolor="white", hatch=_HATCH, edgecolor=_HATCH_COLOUR,
@@ -200,9 +245,7 @@ def heatmap(
         handles.append(Patch(facecolor="white", hatch=_DEGENERATE_HATCH, edgecolor=_DEGENERATE_COLOUR,
                              label="degenerate: the run did not group the images (one cluster, mostly noise, "
                                    "or nearly all in one cluster); its figure is shown, not counted"))
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", fontsize="small", frameon=False)
-    return fig
+    return handles
 
 
 def _cluster_ids(values: pd.Series) -> pd.Series:

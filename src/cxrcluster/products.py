@@ -206,28 +206,37 @@ CLASSIFICATION_RESULTS = Product(
     columns=(("model", "str"), ("trained_weights", "bool"), ("accuracy_mean", "float"), ("accuracy_std", "float")),
     more=(("*_mean", "float"), ("*_std", "float"), ("recall_*", "float"), ("cv", "str"), ("n_splits", "int"),
           ("grouped_by_patient", "bool"), ("n_images", "int"), ("n_dropped", "int"), ("seed", "int"),
-          ("C", "float"), ("finetuned_*", "float")))
+          ("C", "float"), ("finetuned_*", "float"), ("n_sources", "int"), ("n_within_sources", "int"),
+          ("source_*", "float"), ("within_source_*", "float")))
 INTERPRETABILITY = Product("reports/interpretability.json", "Grad-CAM and saliency: what was drawn, and how")
 LABEL_ISSUES = Product(
     "label_issues.csv", "per image: drift, cleanlab's verdict and label quality, duplicate conflicts, "
                         "combined rank (most suspect first)",
     columns=(("rank", "int"), ("image_name", "str"), ("label", "str"), ("combined_score", "float"),
              ("drift_share", "float"), ("n_runs", "int"), ("drift_target", "str"), ("cleanlab_issue", "bool"),
-             ("cleanlab_quality", "float"), ("cleanlab_suggested", "str"), ("duplicate_conflict", "str")),
+             ("cleanlab_quality", "float"), ("cleanlab_suggested", "str"), ("duplicate_conflict", "str"),
+             ("source_explained", "bool")),
     more=(("cleanlab_issue_*", "bool"), ("cleanlab_quality_*", "float"), ("cleanlab_suggested_*", "str")))
 LABEL_NOISE_CHECK = Product(
     "reports/label_noise_check.csv", "how well each signal finds planted label errors",
     columns=(("fraction", "float"), ("n_flipped", "int"), ("n_images", "int"), ("signal", "str"),
              ("roc_auc", "float"), ("average_precision", "float"), ("precision_at_k", "float"),
-             ("prevalence", "float"), ("seed", "int")))
+             ("prevalence", "float"), ("seed", "int"), ("subset", "str")))
 VARIANTS_COMPARISON = Product(
     "reports/variants_comparison.csv", "full versus lung-masked images, per model",
     columns=(("model", "str"),),
-    more=(("*_algorithm_*", "str"), ("*_change_*", "float"), ("*_ari_*", "float"), ("*_accuracy_*", "float")))
+    more=(("*_algorithm_*", "str"), ("*_change_*", "float"), ("*_ari_*", "float"), ("*_accuracy_*", "float"),
+          ("*_chance_*", "float")))
 MASKS = Product("reports/masks.csv", "per image of the lung-masked variant: the mask's source, status and lung "
                                      "fraction (under masked/)")
 PREPARATIONS = Product("reports/preparations.csv",
                        "every algorithm on each candidate feature preparation (make preparations)")
+WITHIN_SOURCE_RESULTS = Product(
+    "reports/within_source_results.csv", "the fair test: every algorithm on one source's images alone "
+                                         "(sources holding two classes or more), beside its chance level",
+    columns=(("source", "str"), ("model", "str"), ("clustering", "str"), ("n_images", "int"), ("classes", "str"),
+             ("label_percentage_change", "float"), ("chance_label_change", "float"), ("chance_p", "float"),
+             ("ari", "float"), ("nmi", "float"), ("status", "str")))
 INDEX = Product("reports/index.html", "the report: every product linked, figures inline")
 BENCHMARKS = Product("reports/benchmarks.md", "benchmarks (make bench, under the project root)")
 
@@ -235,5 +244,5 @@ BENCHMARKS = Product("reports/benchmarks.md", "benchmarks (make bench, under the
 PRODUCTS: dict[str, Product] = {name: value for name, value in globals().items() if isinstance(value, Product)}
 
 #: The tables the index page links, in its order (each only when it exists).
-INDEX_TABLES = (CLUSTERING_RESULTS, LABEL_DRIFT, LABEL_ISSUES, LABEL_NOISE_CHECK, CLASSIFICATION_RESULTS,
-                AUDIT_SUMMARY, DUPLICATES, VARIANTS_COMPARISON, PREPARATIONS, BENCHMARKS)
+INDEX_TABLES = (CLUSTERING_RESULTS, WITHIN_SOURCE_RESULTS, LABEL_DRIFT, LABEL_ISSUES, LABEL_NOISE_CHECK,
+                CLASSIFICATION_RESULTS, AUDIT_SUMMARY, DUPLICATES, VARIANTS_COMPARISON, PREPARATIONS, BENCHMARKS)

@@ -1,6 +1,8 @@
 """The one page a researcher opens: ``reports/index.html``.
 
-It links the results table, the drift and label-issue tables (with the
+It gives the headline (the pooled label change, and the change within one
+source when one was clustered on its own), links the results table, the
+within-source results, the drift and label-issue tables (with the
 planted-noise check's headline), the audit, every figure (shown
 inline) and the executed notebooks rendered to HTML, and says in its first line
 whether the data is the synthetic demo set. It only links files that exist, so
@@ -13,7 +15,7 @@ import html
 import os
 from pathlib import Path
 
-from cxrcluster import atomic, data, label_issues, products, results
+from cxrcluster import atomic, data, label_issues, products, results, sources
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -22,6 +24,33 @@ def _rel(path: Path, base: Path) -> str:
 
 def _link(path: Path, base: Path, text: str | None = None) -> str:
     return f'<a href="{html.escape(_rel(path, base))}">{html.escape(text or path.name)}</a>'
+
+
+def _source_section(pooled, within, reports: Path, within_csv: Path) -> list[str]:
+    """Disease or hospital: what the runs follow, and each within-source run beside its pooled run."""
+    parts = ["<h3>Disease or hospital?</h3>"]
+    if "follows" in pooled:
+        kinds = sorted(set(pooled["source_kind"].dropna().astype(str)))
+        follows = pooled.loc[pooled["status"].map(results.is_ok), "follows"].fillna("").astype(str)
+        counts = ", ".join(f"{name or 'n/a'}: {n}" for name, n in follows.value_counts().items())
+        said = {"source": "named by the data", "proxy": "a PROXY: file signatures, not known hospitals",
+                "none": "unknown"}
+        where = "; ".join(said.get(kind, kind) for kind in kinds)
+        parts.append(f"<p>The images' sources: {html.escape(where)}. What the ok runs follow beyond chance "
+                     f"({html.escape(counts or 'none')}): {html.escape(sources.FOLLOWS_RULE)}. When every class "
+                     "comes from one source, no statistic of the pooled clustering separates a disease from its only "
+                     "hospital; the within-source runs are the evidence.</p>")
+    if within is None:
+        return parts
+    if within.empty:
+        parts.append(f"<p>{_link(within_csv, reports)}: no source was clustered on its own (none is known, or none "
+                     f"holds two classes of at least {sources.MIN_CLASS_IMAGES} images).</p>")
+        return parts
+    parts.append(f"<p>{_link(within_csv, reports)}: every source holding two classes or more, clustered on its own "
+                 "(no hospital can separate its clusters), beside the pooled run; each change beside its own "
+                 "chance level.</p>")
+    parts.append(sources.pooled_and_within(pooled, within).to_html(index=False, na_rep="", border=0))
+    return parts
 
 
 def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clustering study") -> Path:
@@ -70,13 +99,20 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
 
     results_csv = products.CLUSTERING_RESULTS.under(root)
     if results_csv.is_file():
-        table = results.readable_table(results.read_results(results_csv))
+        pooled = results.read_results(results_csv)
+        within_csv = products.WITHIN_SOURCE_RESULTS.under(root)
+        within = products.WITHIN_SOURCE_RESULTS.read(within_csv) if within_csv.is_file() else None
+        table = results.readable_table(pooled)
         parts.append("<h2>Results</h2>")
+        headline = sources.headline(pooled, within)
+        if headline:
+            parts.append(f"<p><b>Headline.</b> {html.escape(headline)}</p>")
         parts.append("<p>Change: images whose cluster, after the best one-to-one matching of clusters to "
                      "classes, is not their class. Chance: what the same cluster sizes score shuffled at "
                      "random; p: how often chance does as well. Only runs with status <b>ok</b> are results: "
                      "a <b>degenerate</b> run finished without grouping the images (see why).</p>")
         parts.append(table.to_html(index=False, na_rep="", border=0))
+        parts += _source_section(pooled, within, reports, within_csv)
 
     check_csv = products.LABEL_NOISE_CHECK.under(root)
     if check_csv.is_file():
@@ -87,9 +123,17 @@ def build_index(out_root: str | os.PathLike, title: str = "Chest X-ray clusterin
         parts.append(f"<p>{_link(products.LABEL_ISSUES.under(root), reports)} ranks every image by "
                      f"{html.escape(label_issues.COMBINE_RULE)}. Planted-noise check, {first:.0%} of the labels "
                      f"flipped: {html.escape(why)}. Planted flips are easier to find than real, ambiguous cases.</p>")
-        table = check.pivot(index="signal", columns="fraction", values=["roc_auc", "average_precision",
-                                                                          "precision_at_k"]).round(3)
+        table = label_issues.on_all_images(check).pivot(index="signal", columns="fraction", values=[
+            "roc_auc", "average_precision", "precision_at_k"]).round(3)
         parts.append(table.reindex([s for s in label_issues.SIGNALS if s in table.index]).to_html(border=0))
+        unexplained = check[(check["subset"] == "not_source_explained") & (check["fraction"] == first)]
+        if len(unexplained):
+            auc = unexplained.set_index("signal")["roc_auc"]
+            parts.append(f"<p>Without the images whose suggested class is their source's most frequent class "
+                         f"(column <code>source_explained</code>: the flag may be the hospital speaking), "
+                         f"{int(unexplained['n_images'].iloc[0])} images: ROC AUC of the combined rank "
+                         f"{auc.get('combined', float('nan')):.3f}, drift {auc.get('drift', float('nan')):.3f}, "
+                         f"cleanlab {auc.get('cleanlab', float('nan')):.3f}.</p>")
 
     figures = sorted((reports / "figures").glob("*.png"))
     if figures:

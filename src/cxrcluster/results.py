@@ -34,7 +34,7 @@ from cxrcluster import atomic, metrics
 LABEL_FRAME_COLUMNS = ["image_name", "label", "cluster", "matched_label", "changed"]
 
 #: Columns of the results table that hold text; every other column is numeric.
-TEXT_COLUMNS = ("model", "clustering", "preparation", "params", "status")
+TEXT_COLUMNS = ("model", "clustering", "preparation", "params", "status", "source_kind", "follows")
 
 #: The kinds of status a run can have (:func:`status_kind`); ``missing`` is a run with no status.
 #: Only ``ok`` runs are results: a ``degenerate`` run finished but did not group the images
@@ -383,7 +383,7 @@ def readable_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise_variant(results: pd.DataFrame, classification: pd.DataFrame,
-                      reference_algorithm: str = "KMeans") -> pd.DataFrame:
+                      reference_algorithm: str = "KMeans", within_source: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per model of a pipeline variant: its best clustering, one reference clustering and its probe.
 
     Parameters
@@ -393,7 +393,10 @@ def summarise_variant(results: pd.DataFrame, classification: pd.DataFrame,
     classification : pandas.DataFrame
         The variant's ``classification_results.csv`` (``model``, ``accuracy_mean``).
     reference_algorithm : str, default "KMeans"
-        The algorithm whose ARI is reported for every model.
+        The algorithm whose ARI, and within-source change, is reported for every model.
+    within_source : pandas.DataFrame, optional
+        The variant's ``reports/within_source_results.csv``: the fair test,
+        each source's images clustered on their own.
 
     Returns
     -------
@@ -404,7 +407,13 @@ def summarise_variant(results: pd.DataFrame, classification: pd.DataFrame,
         (:func:`best_algorithm`), ``label_free_label_change`` and
         ``label_free_algorithm`` (the best chosen without them, by silhouette),
         ``kmeans_ari`` (the reference algorithm's ARI when it ran ok, else
-        NaN) and ``probe_accuracy``.
+        NaN) and ``probe_accuracy``; then the source's side: ``source_probe_accuracy``
+        (the probe's balanced accuracy at telling the sources apart) and
+        ``within_source_probe_accuracy`` (at telling the classes apart within one
+        source), NaN without a source; ``within_source_change`` and
+        ``within_source_chance``: the reference algorithm's label change, and its
+        chance level, within one source (over the sources tested, weighted by
+        their images; NaN where none was tested or it did not run ok).
     """
     probes = classification.set_index("model")
     rows = []
@@ -421,9 +430,33 @@ def summarise_variant(results: pd.DataFrame, classification: pd.DataFrame,
             ari = float(reference["ari"]) if is_ok(reference["status"]) else float("nan")
         except KeyError:
             ari = float("nan")
+        within = _within_source_figures(within_source, model, reference_algorithm)
         rows.append({"model": model, "best_label_change": chosen["labels"][1], "best_algorithm": chosen["labels"][0],
                      "label_free_label_change": chosen["silhouette"][1],
                      "label_free_algorithm": chosen["silhouette"][0], "kmeans_ari": ari,
-                     "probe_accuracy": float(probes.loc[model, "accuracy_mean"])})
+                     "probe_accuracy": float(probes.loc[model, "accuracy_mean"]),
+                     "source_probe_accuracy": _number(probes.loc[model], "source_balanced_accuracy"),
+                     "within_source_probe_accuracy": _number(probes.loc[model], "within_source_balanced_accuracy"),
+                     **within})
     return pd.DataFrame(rows, columns=["model", "best_label_change", "best_algorithm", "label_free_label_change",
-                                       "label_free_algorithm", "kmeans_ari", "probe_accuracy"]).set_index("model")
+                                       "label_free_algorithm", "kmeans_ari", "probe_accuracy", "source_probe_accuracy",
+                                       "within_source_probe_accuracy", "within_source_change",
+                                       "within_source_chance"]).set_index("model")
+
+
+def _number(row: pd.Series, column: str) -> float:
+    return float(row[column]) if column in row.index and pd.notna(row[column]) else float("nan")
+
+
+def _within_source_figures(within_source: pd.DataFrame | None, model: str, algorithm: str) -> dict:
+    """The algorithm's within-source change and chance, over the sources where it ran ok, weighted by images."""
+    empty = {"within_source_change": float("nan"), "within_source_chance": float("nan")}
+    if within_source is None or within_source.empty:
+        return empty
+    rows = within_source[(within_source["model"] == model) & (within_source["clustering"] == algorithm)]
+    rows = rows[[is_ok(status) for status in rows["status"]]]
+    if rows.empty:
+        return empty
+    weights = rows["n_images"].astype(float)
+    return {"within_source_change": float((rows["label_percentage_change"] * weights).sum() / weights.sum()),
+            "within_source_chance": float((rows["chance_label_change"] * weights).sum() / weights.sum())}

@@ -25,7 +25,12 @@ differentiable classifier for Grad-CAM and saliency maps
 :func:`finetune_backbone` (optional, off by default in the pipeline) trains a
 Keras backbone with a new head on a held-out split that nothing else touches.
 
-The package is in three modules, and every name below is re-exported here, so
+When the source (hospital) of the images is known, :func:`source_probe`
+asks the same probe, on the same patient-grouped folds, to predict the source,
+and the label within each source: whether the label probe reads the disease
+or the hospital.
+
+The package is in four modules, and every name below is re-exported here, so
 ``from cxrcluster import probe; probe.linear_probe_cv(...)`` works:
 
 - :mod:`~cxrcluster.probe.linear`: :func:`linear_probe_cv`,
@@ -33,6 +38,8 @@ The package is in three modules, and every name below is re-exported here, so
   :class:`ProbeCV`, :data:`METRICS` and :data:`MAX_ITER`.
 - :mod:`~cxrcluster.probe.patients`: :func:`patient_groups`,
   :data:`PATIENT_COLUMNS`, :data:`IMAGE_COLUMNS` and :data:`METADATA_FILE`.
+- :mod:`~cxrcluster.probe.by_source`: :func:`source_probe`,
+  :data:`SOURCE_COLUMNS` and :data:`MIN_CLASS_IMAGES`.
 - :mod:`~cxrcluster.probe.finetune`: :func:`finetune_backbone`,
   :func:`held_out_split` and :class:`FinetuneResult` (TensorFlow/Keras is
   imported only when :func:`finetune_backbone` runs).
@@ -41,6 +48,7 @@ The package is in three modules, and every name below is re-exported here, so
 change it, set ``cxrcluster.probe.linear.MAX_ITER``, not the re-exported copy.
 """
 
+from cxrcluster.probe.by_source import MIN_CLASS_IMAGES, SOURCE_COLUMNS, source_probe
 from cxrcluster.probe.finetune import FinetuneResult, finetune_backbone, held_out_split
 from cxrcluster.probe.linear import (
     MAX_ITER,
@@ -58,7 +66,9 @@ __all__ = [
     "MAX_ITER",
     "METADATA_FILE",
     "METRICS",
+    "MIN_CLASS_IMAGES",
     "PATIENT_COLUMNS",
+    "SOURCE_COLUMNS",
     "FinetuneResult",
     "ProbeCV",
     "finetune_backbone",
@@ -68,4 +78,5 @@ __all__ = [
     "make_probe",
     "patient_groups",
     "probe_as_dense",
+    "source_probe",
 ]
