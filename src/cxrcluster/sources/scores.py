@@ -88,13 +88,19 @@ def conditional_information(clusters, target, given) -> float:
     float
         In [0, 1].
     """
+    _, information, entropy = _coded_information(clusters, target, given)
+    return min(information / entropy, 1.0) if entropy > 1e-12 else 0.0
+
+
+def _coded_information(clusters, target, given) -> tuple[tuple, float, float]:
+    """The three partitions as codes (with their counts), I(C;T|G) and H(T|G)."""
     c, nc = _codes(clusters)
     t, nt = _codes(target)
     g, ng = _codes(given)
     if not c.size == t.size == g.size:
         raise ValueError(f"{c.size} cluster ids, {t.size} targets and {g.size} groups")
     information, entropy = _conditional(c, nc, t, nt, g, ng)
-    return min(information / entropy, 1.0) if entropy > 1e-12 else 0.0
+    return (c, nc, t, nt, g, ng), information, entropy
 
 
 def _within_group_shuffles(c: np.ndarray, g: np.ndarray, n_permutations: int, seed: int):
@@ -141,12 +147,7 @@ def conditional_chance(clusters, target, given, *, n_permutations: int = 200, se
     """
     if n_permutations < 1:
         raise ValueError("n_permutations must be at least 1")
-    c, nc = _codes(clusters)
-    t, nt = _codes(target)
-    g, ng = _codes(given)
-    if not c.size == t.size == g.size:
-        raise ValueError(f"{c.size} cluster ids, {t.size} targets and {g.size} groups")
-    information, entropy = _conditional(c, nc, t, nt, g, ng)
+    (c, nc, t, nt, g, ng), information, entropy = _coded_information(clusters, target, given)
     if entropy <= 1e-12:
         return 0.0, 0.0, 1.0
     observed = min(information / entropy, 1.0)
