@@ -8,6 +8,7 @@ edited to import one more module makes make's rule grow by that module.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -96,8 +97,9 @@ def test_the_label_csvs_are_products_of_the_clustering_rule(tmp_path):
 def test_the_closure_holds_every_module_that_importing_the_notebook_loads(notebook):
     """Ground truth by running the notebook's import lines in a fresh interpreter."""
     source = depgraph.notebook_source(PROJECT_ROOT / "notebooks" / f"{notebook}.ipynb")
-    imports = "\n".join(line for line in source.splitlines()
-                        if re.match(r"^(from cxrcluster[\w.]* import |import cxrcluster)", line))
+    imports = "\n".join(ast.unparse(node) for node in ast.parse(source).body  # top-level, over several lines too
+                        if isinstance(node, ast.Import | ast.ImportFrom) and re.match(
+                            r"^(from cxrcluster[\w.]* import |import cxrcluster)", ast.unparse(node)))
     assert imports, f"{notebook} imports nothing from cxrcluster"
     probe = (f"import sys\n{imports}\n"
              "print('\\n'.join(sorted(m.__file__ for n, m in list(sys.modules.items())"
