@@ -50,6 +50,7 @@ from cxrcluster.data.origins import (  # noqa: F401
     image_sources,
     match_metadata,
     metadata_sources,
+    read_metadata,
 )
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "read_dataset_description",
     "read_labels",
     "read_labels_file",
+    "read_metadata",
     "resolve_image_paths",
     "scan_dataset",
     "with_dicom_patients",

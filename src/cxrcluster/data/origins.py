@@ -28,6 +28,11 @@ from cxrcluster.data.layouts import (
 )
 
 
+def read_metadata(metadata_csv: str | os.PathLike) -> pd.DataFrame:
+    """A ``metadata.csv`` beside the images, every cell as text (an empty cell is ``""``): its one reader."""
+    return pd.read_csv(metadata_csv, dtype=str, keep_default_na=False)
+
+
 def match_metadata(labels: pd.DataFrame, references: pd.Series) -> np.ndarray:
     """Which row of a metadata file describes each image: by relative path, then by file name.
 
@@ -94,7 +99,7 @@ def metadata_sources(labels: pd.DataFrame, metadata_csv: str | os.PathLike,
         metadata file).
     """
     metadata_csv = Path(metadata_csv)
-    meta = pd.read_csv(metadata_csv, dtype=str, keep_default_na=False)
+    meta = read_metadata(metadata_csv)
     where = f"metadata file {str(metadata_csv)!r}"
     column = _pick(meta.columns, source_column, SOURCE_COLUMN_NAMES)
     if column is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrcluster.data import METADATA_FILE, match_metadata
+from cxrcluster.data import METADATA_FILE, match_metadata, read_metadata
 from cxrcluster.data import METADATA_IMAGE_COLUMNS as IMAGE_COLUMNS
 
 #: Column names recognised as a patient identifier, in order of preference.
@@ -77,7 +77,7 @@ def patient_groups(labels_df: pd.DataFrame, metadata_csv: str | os.PathLike | No
     metadata_csv = Path(metadata_csv)
     if not metadata_csv.is_file():
         raise FileNotFoundError(f"metadata file {str(metadata_csv)!r} does not exist")
-    meta = pd.read_csv(metadata_csv, dtype=str, keep_default_na=False)
+    meta = read_metadata(metadata_csv)
     patient_col, image_col = _pick(meta.columns, PATIENT_COLUMNS), _pick(meta.columns, IMAGE_COLUMNS)
     if patient_col is None or image_col is None:
         raise ValueError(f"{metadata_csv}: needs a patient column (one of {PATIENT_COLUMNS}) and an image "
