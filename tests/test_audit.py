@@ -213,6 +213,25 @@ def test_find_duplicates_threshold(planted):
     assert strict["kind"].tolist() == ["exact"]
 
 
+def test_find_duplicates_hashes_16_bit_images_over_their_own_range(tmp_path):
+    """12-bit X-rays saved as 16-bit PNG: Pillow alone clips them to white, making them all alike."""
+    rng = np.random.default_rng(3)
+    labels = []
+    for k in range(3):
+        texture = np.asarray(_smooth_image(rng, (64, 64)), dtype=np.uint16)
+        # 40..200 -> about 640..3200, the 12 bits of a detector, far above 8-bit white
+        Image.fromarray(texture * 16).save(tmp_path / f"xray_{k}.png")
+        labels.append({"image_name": f"xray_{k}.png", "label": "NORMAL", "path": f"xray_{k}.png"})
+    shutil.copyfile(tmp_path / "xray_1.png", tmp_path / "xray_1_copy.png")
+    labels.append({"image_name": "xray_1_copy.png", "label": "COVID", "path": "xray_1_copy.png"})
+    with Image.open(tmp_path / "xray_0.png") as image:
+        assert image.mode == "I;16" and np.asarray(image).max() > 255
+
+    pairs = audit.find_duplicates(pd.DataFrame(labels), tmp_path)
+    assert pairs[["image_a", "image_b", "kind", "distance"]].values.tolist() == [
+        ["xray_1.png", "xray_1_copy.png", "exact", 0]]
+
+
 def test_near_pairs_match_brute_force_across_blocks():
     rng = np.random.default_rng(1)
     packed = rng.integers(0, 256, size=(60, 4), dtype=np.uint8)

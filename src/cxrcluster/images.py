@@ -116,9 +116,10 @@ def read_dicom(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     VOI LUT or the window centre and width when the file has them, then the
     result's own minimum-maximum range scaled to 0-255. ``MONOCHROME1``
     (low values bright) is inverted so that bone is bright as in
-    ``MONOCHROME2``. Compressed transfer syntaxes are decoded where pydicom
-    or an installed plugin can (RLE and deflate always; JPEG needs a plugin
-    this project does not pin).
+    ``MONOCHROME2``. Compressed transfer syntaxes are decoded by pydicom and
+    the decoder plugins pinned in requirements.txt: RLE and deflate by pydicom
+    itself, JPEG-LS by pyjpegls, JPEG (baseline, extended and lossless) and
+    JPEG 2000 by pylibjpeg with pylibjpeg-libjpeg and pylibjpeg-openjpeg.
 
     Raises
     ------

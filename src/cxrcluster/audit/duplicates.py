@@ -8,7 +8,6 @@ whose labels disagree, a label conflict.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +18,6 @@ import pandas as pd
 from PIL import Image
 
 from cxrcluster.audit.metadata import _require_columns
-from cxrcluster.data import is_dicom
 from cxrcluster.images import read_luminance
 
 #: Columns of the frame returned by :func:`find_duplicates`.
@@ -27,14 +25,15 @@ DUPLICATE_COLUMNS = ["image_a", "image_b", "label_a", "label_b", "kind", "distan
 
 
 def _file_hashes(path: Path, hash_size: int) -> tuple[str, np.ndarray]:
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if is_dicom(path):
-        image = Image.fromarray(np.round(read_luminance(path)).astype(np.uint8))
-        bits = imagehash.phash(image, hash_size=hash_size).hash.ravel()
-        return digest, np.packbits(bits)
-    with Image.open(io.BytesIO(data)) as image:
-        bits = imagehash.phash(image, hash_size=hash_size).hash.ravel()
+    """SHA-256 of the file's bytes, and the packed perceptual hash of its pixels as the pipeline reads them.
+
+    Every file, DICOM or not, is hashed from :func:`read_luminance`'s 0-255 channel, so that a
+    16-bit image is hashed over its own range (Pillow would clip it to white) and a compressed
+    DICOM through the same decoders as extraction.
+    """
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    image = Image.fromarray(np.round(read_luminance(path)).astype(np.uint8))
+    bits = imagehash.phash(image, hash_size=hash_size).hash.ravel()
     return digest, np.packbits(bits)
 
 
@@ -106,7 +105,7 @@ def find_duplicates(
     for image_name, label, rel_path in frame[["image_name", "label", "path"]].itertuples(index=False):
         try:
             digest, bits = _file_hashes(data_dir / str(rel_path), hash_size)
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
+        except Exception as exc:  # noqa: BLE001 - an unreadable file, whatever the reader raises
             skipped.append(f"{image_name} ({type(exc).__name__}: {exc})")
             continue
         names.append(image_name)
