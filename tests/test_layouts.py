@@ -1,5 +1,8 @@
 """Data as researchers hold it: labels files, DICOM, linked data stores, one-class folders."""
 
+import csv
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -78,6 +81,66 @@ def test_bad_rows_of_a_labels_file_are_refused_by_name(tmp_path):
                      "outside the data folder: ../secret.png (line 9), /etc/passwd (line 10)",
                      "empty 'image_name' or 'label' on line(s) 11, 12"):
         assert expected in message, (expected, message)
+
+
+
+# A spreadsheet's export, as each locale and program writes it: (variant, file bytes). Each must read as
+# the plain comma file does, or be refused with the message given.
+TABLE_ROWS = [("image_name", "label", "patient"), ("Radiografía 1.png", "COVID", "P1"), ("a;b.png", "COVID", "P2"),
+              ("c,d.png", "NORMAL", "P1"), ("e f.png", "NORMAL", "P3")]
+
+
+def table_text(sep, quote_all=False, crlf=False):
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=sep, lineterminator="\r\n" if crlf else "\n",
+               quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerows(TABLE_ROWS)
+    return buffer.getvalue()
+
+
+TABLE_VARIANTS = {
+    "comma": table_text(",").encode(),
+    "semicolon": table_text(";").encode(),
+    "tab": table_text("\t").encode(),
+    "bom, semicolon, CRLF": b"\xef\xbb\xbf" + table_text(";", crlf=True).encode(),
+    "every field quoted, semicolon, CRLF": table_text(";", quote_all=True, crlf=True).encode(),
+    "every field quoted, tab": table_text("\t", quote_all=True).encode(),
+}
+TABLE_REFUSALS = {
+    "Latin-1": (table_text(";").encode("latin-1"), r"is not UTF-8 text \(line 2 holds byte 0xed.*re-save it as UTF-8"),
+    "one column": (b"image_name\na.png\nb.png\n", r"cannot tell its separator \(none splits its header.*tried ',', ';', tab"),
+    "ambiguous": (b"image_name;label,patient\na.png;COVID,P1\nb.png;NORMAL,P2\n",
+                  r"cannot tell its separator \(more than one fits.*tried ',', ';', tab"),
+    "empty": (b"\xef\xbb\xbf\r\n", "is empty"),
+}
+
+
+@pytest.fixture
+def table_images(tmp_path):
+    root = tmp_path / "images"
+    for name, *_ in TABLE_ROWS[1:]:
+        png(root / name)
+    return root
+
+
+@pytest.mark.parametrize("variant", TABLE_VARIANTS)
+def test_a_labels_file_or_metadata_csv_in_any_separator_reads_as_the_comma_file(tmp_path, table_images, variant):
+    (tmp_path / "plain.csv").write_text(table_text(","), encoding="utf-8")
+    (tmp_path / "variant.csv").write_bytes(TABLE_VARIANTS[variant])
+    expected = data.read_labels_file(tmp_path / "plain.csv", table_images)
+    assert expected["path"].tolist() == ["Radiografía 1.png", "a;b.png", "c,d.png", "e f.png"]
+    pd.testing.assert_frame_equal(data.read_labels_file(tmp_path / "variant.csv", table_images), expected)
+    metadata = data.read_metadata(tmp_path / "variant.csv")
+    assert [tuple(metadata.columns), *metadata.itertuples(index=False, name=None)] == TABLE_ROWS
+
+
+@pytest.mark.parametrize("variant", TABLE_REFUSALS)
+def test_a_table_that_cannot_be_read_faithfully_is_refused_by_name(tmp_path, table_images, variant):
+    content, message = TABLE_REFUSALS[variant]
+    (tmp_path / "odd.csv").write_bytes(content)
+    with pytest.raises(data.DatasetError, match=r"'[^']*odd\.csv'.*" + message):
+        data.read_labels_file(tmp_path / "odd.csv", table_images)
+    with pytest.raises(data.DatasetError, match=r"'[^']*odd\.csv'.*" + message):
+        data.read_metadata(tmp_path / "odd.csv")
 
 
 def test_a_label_seen_once_and_a_single_class_are_refused_with_counts(tmp_path):

@@ -16,6 +16,8 @@ datalad keep files in a cache elsewhere) are followed wherever they point.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -50,6 +52,67 @@ LABEL_COLUMNS = ["image_name", "label", "path"]
 
 class DatasetError(ValueError):
     """The data folder or a labels file cannot be used as it is."""
+
+
+#: Separators a table written by hand or by a spreadsheet may use (a European locale writes ``;``).
+TABLE_SEPARATORS = (",", ";", "\t")
+
+
+def read_text_table(path: str | os.PathLike, sample_rows: int = 50) -> pd.DataFrame:
+    """Read a CSV from outside the pipeline (a labels file, a ``metadata.csv``), every cell as text.
+
+    The separator is the one of :data:`TABLE_SEPARATORS` that splits the header
+    into more than one column (quoted fields taken as such); when several do,
+    the one that splits the first ``sample_rows`` rows into as many fields as
+    the header. A UTF-8 byte-order mark and CRLF line ends are read.
+
+    Parameters
+    ----------
+    path : path-like
+        The file, UTF-8 encoded.
+    sample_rows : int
+        Rows after the header that settle a tie between separators.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One column per header field, every cell a ``str`` (an empty cell is ``""``).
+
+    Raises
+    ------
+    DatasetError
+        Naming the file: it is not UTF-8 (with the line of the first bad byte:
+        a Latin-1 export is refused rather than read with mangled names), it is
+        empty, or no separator, or more than one, fits.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DatasetError(f"{str(path)!r} is not UTF-8 text (line {line} holds byte {raw[err.start]:#04x}, "
+                           "perhaps Latin-1 or Windows-1252): re-save it as UTF-8 (in a spreadsheet, "
+                           "'CSV UTF-8')") from None
+    if not text.strip():
+        raise DatasetError(f"{str(path)!r} is empty")
+    names = {",": "','", ";": "';'", "\t": "tab"}
+    rows = {sep: list(_first_rows(text, sep, sample_rows + 1)) for sep in TABLE_SEPARATORS}
+    fits = [sep for sep in TABLE_SEPARATORS if len(rows[sep][0]) > 1]
+    if len(fits) > 1:
+        fits = [sep for sep in fits if all(len(r) == len(rows[sep][0]) for r in rows[sep][1:] if r)]
+    if len(fits) != 1:
+        why = "none splits its header into columns" if not fits else "more than one fits its header and rows"
+        raise DatasetError(f"{str(path)!r}: cannot tell its separator ({why}; tried "
+                           f"{', '.join(names[s] for s in TABLE_SEPARATORS)}); write it with one of them")
+    return pd.read_csv(io.StringIO(text), sep=fits[0], dtype=str, keep_default_na=False)
+
+
+def _first_rows(text: str, sep: str, n: int):
+    """The first ``n`` records of ``text`` split at ``sep`` (quoted fields may span lines)."""
+    for i, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=sep)):
+        if i == n:
+            return
+        yield row
 
 
 def canonical_class(folder_name: str) -> str:
@@ -246,7 +309,7 @@ def _read_labels_file(labels_csv, data_dir, *, image_column, label_column, patie
         raise DatasetError(f"labels file {str(labels_csv)!r} does not exist")
     if not root.is_dir():
         raise DatasetError(f"data folder {str(root)!r} does not exist or is not a folder")
-    df = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    df = read_text_table(labels_csv)
     source = f"labels file {str(labels_csv)!r}"
     image_col = _column(df, image_column, FILE_COLUMNS, "image", source)
     label_col = _column(df, label_column, LABEL_COLUMN_NAMES, "label", source)

@@ -25,12 +25,17 @@ from cxrcluster.data.layouts import (
     _shown,
     check_sources,
     is_dicom,
+    read_text_table,
 )
 
 
 def read_metadata(metadata_csv: str | os.PathLike) -> pd.DataFrame:
-    """A ``metadata.csv`` beside the images, every cell as text (an empty cell is ``""``): its one reader."""
-    return pd.read_csv(metadata_csv, dtype=str, keep_default_na=False)
+    """A ``metadata.csv`` beside the images, every cell as text (an empty cell is ``""``): its one reader.
+
+    Read by :func:`~cxrcluster.data.layouts.read_text_table`: ``,``, ``;`` or tab, a byte-order mark and
+    CRLF line ends are all fine; a file that is not UTF-8 is a :class:`DatasetError`.
+    """
+    return read_text_table(metadata_csv)
 
 
 def match_metadata(labels: pd.DataFrame, references: pd.Series) -> np.ndarray:
