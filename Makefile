@@ -14,6 +14,16 @@ SHELL := bash
 # land in the folder asked for, through the link.
 space := $(subst ,, )
 PATH_VARIABLES := OUT DATA_DIR LABELS MASKS_DIR CONFIG WEIGHTS
+# A '$' cannot be passed through at all: make expands it wherever the variable is used ("$5" becomes
+# the empty variable 5, and the shell then sees what is left). Refuse it before any work.
+DOLLARED := $(strip $(foreach v,$(PATH_VARIABLES),$(if $(filter-out undefined,$(origin $(v))),$(if \
+    $(findstring $$,$(value $(v))),$(v)))))
+ifneq ($(DOLLARED),)
+$(error $(DOLLARED) holds a '$$' ($(foreach v,$(DOLLARED),$(v)=$(value $(v)))), which make expands in \
+    variables, so the path cannot be passed through make. Link it at a path without '$$' and pass \
+    that instead, e.g. ln -s "$(subst $$,\$$,$(value $(firstword $(DOLLARED))))" "$$HOME/cxr-data" \
+    then make ... $(firstword $(DOLLARED))="$$HOME/cxr-data")
+endif
 SPACED := $(strip $(foreach v,$(PATH_VARIABLES),$(if $(filter-out undefined,$(origin $(v))),$(if \
     $(findstring $(space),$(value $(v))),$(v)))))
 ifneq ($(SPACED),)
@@ -52,10 +62,39 @@ WORKERS ?= 2
 ENGINE ?= auto#                 forward pass of extraction: auto (openvino when installed) | openvino | tensorflow
 PRECISION ?= auto#              auto (bf16/int8 where the CPU runs it and it passes a check on the data, else fp32) | fp32 | bf16 | int8
 SCHEDULER ?=#                   where extraction and clustering run: empty (here), local:N, tcp://host:8786 (Dask)
+NOTEBOOK_TIMEOUT ?= 7200#       seconds one notebook cell may run before its step fails (a hung kernel stops make)
 PYTHON ?= python3#              interpreter that creates the virtual environment
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2#              test processes (pytest-xdist); 1 runs the tests in this process
 
+# One run at a time into an OUT (a second terminal, a CI retry): a goal that writes under OUT runs
+# as a sub-make holding flock(1) on $(OUT)/.make/lock, whose text names the holder's process. A
+# second run refuses with that name. The system drops a flock when the last process holding it
+# ends, so a killed run leaves no lock behind, only its text, which the next run reports and
+# replaces. help, make -n/-q and the development goals below take no lock.
+LOCK := $(OUT)/.make/lock
+LOCK_FREE_GOALS := help venv test test-fast lint bench lab clean distclean
+LOCK_GOALS := $(or $(MAKECMDGOALS),help)
+DRY_RUN := $(if $(filter-out -%,$(firstword $(MAKEFLAGS))),$(findstring n,$(firstword $(MAKEFLAGS)))$(findstring \
+    q,$(firstword $(MAKEFLAGS))))
+ifneq ($(and $(filter-out $(LOCK_FREE_GOALS),$(LOCK_GOALS)),$(if $(DRY_RUN),,yes),$(filter undefined,$(origin \
+    CXR_LOCKED))),)
+.PHONY: $(LOCK_GOALS)
+$(firstword $(LOCK_GOALS)):
+	@mkdir -p "$(OUT)/.make"
+	@exec 9>>"$(LOCK)"; \
+	if ! flock -n 9; then \
+	    echo "make: another run into OUT=$(OUT) holds the lock $(abspath $(LOCK)):" \
+	        "$$(cat "$(LOCK)" 2>/dev/null || true). Wait for it to end, or stop it (a killed run's lock is released)." >&2; \
+	    exit 1; \
+	fi; \
+	if [ -s "$(LOCK)" ]; then echo "make: taking over $(LOCK) from $$(cat "$(LOCK)"), which ended without releasing it" >&2; fi; \
+	echo "process $$PPID (make $(LOCK_GOALS), started $$(date '+%F %T'))" > "$(LOCK)"; \
+	trap ': > "$(LOCK)"' EXIT; \
+	$(MAKE) --no-print-directory $(LOCK_GOALS) CXR_LOCKED=1
+$(filter-out $(firstword $(LOCK_GOALS)),$(LOCK_GOALS)):
+	@:
+else
 # ---- Derived --------------------------------------------------------------------------------
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -102,17 +141,18 @@ DATA_PREREQ := $(if $(filter $(abspath $(DEMO_DIR)),$(abspath $(DATA_DIR))),$(DE
 # <output-root>/reports/notebooks/ and render it to HTML there.
 define papermill
 	@mkdir -p $(4)/reports/notebooks
-	$(PY) -m papermill --kernel $(KERNEL) --log-output --no-progress-bar \
+	$(PY) -m papermill --kernel $(KERNEL) --log-output --no-progress-bar --execution-timeout $(NOTEBOOK_TIMEOUT) \
 	    notebooks/$(1).ipynb $(4)/reports/notebooks/$(2).ipynb $(3)
 	@$(PY) -m jupyter nbconvert --to html --log-level WARN $(4)/reports/notebooks/$(2).ipynb
 endef
 
 # $(call stamp,commands): write the commands' output to $@ only when it differs, so that what
-# depends on a variable or a folder re-runs exactly when it changed.
+# depends on a variable or a folder re-runs exactly when it changed. The temporary name carries the
+# shell's PID, so that two makes never share it; the trap removes it when the commands fail.
 define stamp
 	@mkdir -p $(@D)
-	@{ $(1); } > $@.tmp
-	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; fi
+	@tmp=$@.$$$$.tmp; trap 'rm -f "$$tmp"' EXIT; { $(1); } > "$$tmp"; \
+	if cmp -s "$$tmp" $@; then rm -f "$$tmp"; else mv -f "$$tmp" $@; fi
 endef
 
 # ---- Targets ----------------------------------------------------------------------------------
@@ -125,7 +165,7 @@ help: ## list the targets and the variables to override
 	@echo "  WORKERS=$(WORKERS) ENGINE=$(ENGINE) PRECISION=$(PRECISION) MAX_BAD_FRACTION=$(MAX_BAD_FRACTION)"
 	@echo "  SCHEDULER=$(SCHEDULER) (empty: this process; local:N; tcp://host:8786; or DASK_SCHEDULER_ADDRESS)"
 	@echo "  LABELS=$(LABELS) IMAGE_COLUMN=$(IMAGE_COLUMN) LABEL_COLUMN=$(LABEL_COLUMN) PATIENT_COLUMN=$(PATIENT_COLUMN)"
-	@echo "  SOURCE_COLUMN=$(SOURCE_COLUMN)"
+	@echo "  SOURCE_COLUMN=$(SOURCE_COLUMN) NOTEBOOK_TIMEOUT=$(NOTEBOOK_TIMEOUT) (seconds per notebook cell)"
 
 .PHONY: all
 all: report ## run the whole pipeline (creates .venv and the demo data if needed)
@@ -348,4 +388,5 @@ clean: ## delete every output of the pipeline under OUT (keeps .venv and the dem
 distclean: clean ## also delete .venv and the generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)
 
+endif  # the lock
 endif  # paths with spaces
