@@ -138,12 +138,12 @@ include $(SRC_DEPS_MK)
 DATA_PREREQ := $(if $(filter $(abspath $(DEMO_DIR)),$(abspath $(DATA_DIR))),$(DEMO_MARKER))
 
 # $(call papermill,notebook,executed-name,parameters,output-root): execute the notebook into
-# <output-root>/reports/notebooks/ and render it to HTML there.
+# <output-root>/reports/notebooks/. The index page's step (cxrcluster.report) renders every executed
+# notebook there to HTML, in one process.
 define papermill
 	@mkdir -p $(4)/reports/notebooks
 	$(PY) -m papermill --kernel $(KERNEL) --log-output --no-progress-bar --execution-timeout $(NOTEBOOK_TIMEOUT) \
 	    notebooks/$(1).ipynb $(4)/reports/notebooks/$(2).ipynb $(3)
-	@$(PY) -m jupyter nbconvert --to html --log-level WARN $(4)/reports/notebooks/$(2).ipynb
 endef
 
 # $(call stamp,commands): write the commands' output to $@ only when it differs, so that what

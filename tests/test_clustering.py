@@ -26,7 +26,7 @@ NOT_RECOVERING: dict[str, str] = {
 }
 UMAP_ALGORITHMS = ("AgglomerativeSingle", "DBSCAN", "OPTICS", "HDBSCAN", "MeanShift")
 # Tests that run any of these on the shipped configuration prepare UMAP (a spawned worker process that
-# compiles numba code, about 15 s): they are in the slow tier.
+# compiles numba code, about 20 s, or reads it from numba's cache): they are in the slow tier.
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -511,3 +511,21 @@ def test_umap_preparation_is_seeded_and_recorded():
     np.testing.assert_array_equal(first, second)
     with pytest.raises(ValueError, match="umap"):
         clustering.prepare_features(X, {"umap": {"n_components": 0}})
+
+
+def test_umaps_compiled_code_is_kept_for_the_next_process():
+    """umap compiles most functions without numba's cache: the preparation turns it on (20 s a process)."""
+    from numba.core.dispatcher import Dispatcher
+
+    from cxrcluster.clustering import preparation
+
+    preparation._umap_class()
+    import umap.layouts
+    import umap.umap_
+
+    dispatchers = [obj for module in (umap.umap_, umap.layouts) for obj in vars(module).values()
+                   if isinstance(obj, Dispatcher)]
+    assert len(dispatchers) >= 10
+    uncached = [d.py_func.__name__ for d in dispatchers if type(d._cache).__name__ == "NullCache"]
+    assert uncached == []
+    assert preparation._cache_compiled(("umap",)) == 0  # all kept already: nothing left to turn on

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pandas as pd
 
@@ -32,3 +33,26 @@ def test_index_of_real_data_is_not_flagged(tmp_path):
     page = report.build_index(tmp_path).read_text()
     assert "SYNTHETIC" not in page
     assert 'class="warn">WARNING - SOURCE CONFOUND' in page
+
+
+def test_executed_notebooks_are_rendered_once_with_the_index(tmp_path):
+    import nbformat
+
+    folder = tmp_path / "reports" / "notebooks"
+    folder.mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hi')", outputs=[
+        nbformat.v4.new_output("stream", text="a distinctive output line\n")])])
+    nbformat.write(nb, folder / "03-cluster-M.ipynb")
+    report.build_index(tmp_path)
+    rendered = folder / "03-cluster-M.html"
+    assert "a distinctive output line" in rendered.read_text()
+    assert 'href="notebooks/03-cluster-M.html"' in (tmp_path / "reports" / "index.html").read_text()
+    # up to date: not rendered again; a re-executed notebook is
+    rendered.write_text("kept")
+    report.build_index(tmp_path)
+    assert rendered.read_text() == "kept"
+    later = rendered.stat().st_mtime_ns + 10**9
+    os.utime(folder / "03-cluster-M.ipynb", ns=(later, later))
+    report.build_index(tmp_path)
+    assert "a distinctive output line" in rendered.read_text()
+    assert sorted(p.name for p in folder.iterdir()) == ["03-cluster-M.html", "03-cluster-M.ipynb"]  # no temporaries

@@ -102,7 +102,12 @@ def _make_split(model: keras.Model, layer_name: str | None, logits: bool):
             raise ValueError(f"model {model.name!r} has no layer {layer_name!r}")
     if target is None or any(layer is target for layer in model.layers):
         sub = keras.Model(model.inputs, [target.output if target is not None else out, out])
-        return lambda x: sub(x, training=False)
+
+        def direct(x):
+            return sub(x, training=False)
+
+        direct.raw = direct
+        return direct
 
     holder = next(inner for inner in _inner_models(model) if _find_layer(inner, layer_name) is not None)
     inner_split = _make_split(holder, layer_name, logits=False)
@@ -132,7 +137,46 @@ def _make_split(model: keras.Model, layer_name: str | None, logits: bool):
             verified.append(True)
         return activations, scores
 
+    checked.raw = run  # what the compiled gradients trace, once checked has run
     return checked
+
+
+def _gradients(model: keras.Model, layer_name: str | None, logits: bool):
+    """A compiled ``(x, k) -> (activations, gradient)`` of the summed scores of output ``k``.
+
+    The gradient is taken with respect to ``layer_name``'s activations, or to the input ``x`` when
+    ``layer_name`` is None (``activations`` is then ``x``). One graph per model, layer and score
+    (traced once, for any batch size and output), about five times faster than eager
+    differentiation of a MobileNetV2 (27 s against about 6 s for the six SmoothGrad maps of the
+    demo run). Samples are independent, so the gradient of the sum is each sample's gradient.
+    """
+    split = _split(model, layer_name, logits)
+    try:
+        cache = _SPLITS.setdefault(model, {})
+    except TypeError:
+        cache = {}
+    key = ("gradients", layer_name, logits)
+    if key not in cache:
+        run = split.raw
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32),
+                                      tf.TensorSpec([], tf.int32)])
+        def gradients(x, k):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                activations, scores = run(x)
+                if layer_name is None:
+                    activations = x
+                score = tf.reduce_sum(tf.gather(scores, k, axis=1))
+            return activations, tape.gradient(score, activations)
+
+        def checked_then_compiled(x, k):
+            split(x[:1])  # the eager check of a nested chain, once (cached in split)
+            cache[key] = gradients
+            return gradients(x, k)
+
+        cache[key] = checked_then_compiled
+    return cache[key]
 
 
 def _batch(image: np.ndarray) -> tf.Tensor:
@@ -192,11 +236,8 @@ def grad_cam(model: keras.Model, image: np.ndarray, class_index: int, layer_name
         In [0, 1]; all zeros when no position has positive evidence.
     """
     x = _batch(image)
-    run = _split(model, layer_name or find_last_conv_layer(model), logits)
-    with tf.GradientTape() as tape:
-        activations, scores = run(x)
-        score = scores[:, class_index]
-    grads = tape.gradient(score, activations)
+    activations, grads = _gradients(model, layer_name or find_last_conv_layer(model), logits)(
+        x, tf.constant(class_index, tf.int32))
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))[0].numpy()
     return _unit(_resize(cam, tuple(x.shape[1:3])))
@@ -204,15 +245,12 @@ def grad_cam(model: keras.Model, image: np.ndarray, class_index: int, layer_name
 
 def _input_gradients(model: keras.Model, images: np.ndarray, class_index: int, logits: bool,
                      batch_size: int) -> np.ndarray:
-    run = _split(model, None, logits)
+    gradients = _gradients(model, None, logits)
+    k = tf.constant(class_index, tf.int32)
     out = []
     for start in range(0, len(images), batch_size):
-        x = tf.convert_to_tensor(images[start:start + batch_size])
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            _, scores = run(x)
-            score = tf.reduce_sum(scores[:, class_index])  # samples are independent: sum = per-sample grads
-        out.append(tape.gradient(score, x).numpy())
+        _, grads = gradients(tf.convert_to_tensor(images[start:start + batch_size]), k)
+        out.append(grads.numpy())
     # the three channels are one grey pixel repeated: its gradient is their sum
     return np.concatenate(out).sum(axis=-1)
 
