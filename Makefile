@@ -53,8 +53,12 @@ LABEL_COLUMN ?=#                its column of labels (default: label, class, ...
 PATIENT_COLUMN ?=#              its column of patient ids (default: patient, patient_id, ...; optional)
 SOURCE_COLUMN ?=#               its (or metadata.csv's) column of image sources (default: source, site, hospital, ...; optional)
 MAX_BAD_FRACTION ?= 0.05#       stop extraction when more than this share of images cannot be read
-MODELS ?= MobileNetV2-0.35#     space-separated backbones, or "all" (see src/cxrcluster/models.py)
-WEIGHTS ?= imagenet#            imagenet | none (random, meaningless features) | path/to/weights.h5
+MODELS ?= MobileNetV2-0.35#     space-separated backbones, or "all" (see src/cxrcluster/models.py), or whole model files (.keras, .h5, SavedModel folders)
+WEIGHTS ?= imagenet#            imagenet | none (random, meaningless features) | path/to/weights.h5 (a head in it is ignored)
+FEATURE_LAYER ?=#               a model file's layer whose output is the feature vector (default: last global pooling, else input of the last dense layer)
+PREPROCESS ?=#                  a model file's input scaling in training: tf | caffe | torch | raw | xray (required for a model file)
+INPUT_SIZE ?=#                  a model file's square input size, when the model does not state one
+MODEL_MODULES ?=#               modules to import before loading a model file (they register its custom layers)
 CONFIG ?= config/clustering.yaml#  algorithms, their parameters, seeds, feature preparation
 OUT ?= .#                       root of every output (a scratch folder keeps runs apart)
 BATCH_SIZE ?= 32
@@ -103,7 +107,19 @@ KERNEL := cxrcluster
 DEMO_DIR := data/demo
 DEMO_MARKER := $(DEMO_DIR)/SYNTHETIC.md
 
-MODEL_LIST := $(if $(filter all,$(MODELS)),$(shell PYTHONPATH=src $(PYTHON) -m cxrcluster.models),$(MODELS))
+# Each MODELS entry's name (a model file's: its stem and a short hash of its bytes, so that a changed
+# file is a new model) and the entry itself: MODEL_SPEC.<name> is what notebooks 02 and 06 build.
+MODEL_PAIRS := $(shell PYTHONPATH=src $(PYTHON) -m cxrcluster.models --names $(if $(filter all,$(MODELS)),$$(PYTHONPATH=src \
+    $(PYTHON) -m cxrcluster.models),$(MODELS)) 2>&1)
+ifneq ($(.SHELLSTATUS),0)
+$(error MODELS=$(MODELS): $(MODEL_PAIRS))
+endif
+MODEL_LIST := $(foreach p,$(MODEL_PAIRS),$(firstword $(subst =, ,$(p))))
+$(foreach p,$(MODEL_PAIRS),$(eval MODEL_SPEC.$(firstword $(subst =, ,$(p))) := $(word 2,$(subst =, ,$(p)))))
+model_spec = $(or $(MODEL_SPEC.$(1)),$(1))
+# the options of a model file, for notebooks 02 and 06
+MODEL_OPTIONS = -r feature_layer "$(FEATURE_LAYER)" -r preprocess "$(PREPROCESS)" -p input_size $(or $(INPUT_SIZE),0) \
+    -r model_modules "$(MODEL_MODULES)"
 
 # Every variant of the pipeline (full images; lung-masked images) writes its own output set:
 # $(call out,VARIANT) is its root. The masked variant reads a masked copy of DATA_DIR made by
@@ -166,6 +182,7 @@ help: ## list the targets and the variables to override
 	@echo "  SCHEDULER=$(SCHEDULER) (empty: this process; local:N; tcp://host:8786; or DASK_SCHEDULER_ADDRESS)"
 	@echo "  LABELS=$(LABELS) IMAGE_COLUMN=$(IMAGE_COLUMN) LABEL_COLUMN=$(LABEL_COLUMN) PATIENT_COLUMN=$(PATIENT_COLUMN)"
 	@echo "  SOURCE_COLUMN=$(SOURCE_COLUMN) NOTEBOOK_TIMEOUT=$(NOTEBOOK_TIMEOUT) (seconds per notebook cell)"
+	@echo "  a model file in MODELS: PREPROCESS=$(PREPROCESS) FEATURE_LAYER=$(FEATURE_LAYER) INPUT_SIZE=$(INPUT_SIZE) MODEL_MODULES=$(MODEL_MODULES)"
 
 .PHONY: all
 all: report ## run the whole pipeline (creates .venv and the demo data if needed)
@@ -191,6 +208,7 @@ FORCE:
 
 $(OUT)/.make/extraction: FORCE
 	$(call stamp,echo "$(WEIGHTS) $(ENGINE) $(PRECISION) $(BATCH_SIZE) $(MAX_BAD_FRACTION)"; \
+	    echo "$(FEATURE_LAYER) | $(PREPROCESS) | $(INPUT_SIZE) | $(MODEL_MODULES)"; \
 	    if [ -f "$(WEIGHTS)" ]; then stat -L -c '%s %Y' "$(WEIGHTS)"; fi)
 
 $(OUT)/.make/models: FORCE
@@ -288,7 +306,8 @@ $(1)/label_issues.csv $(1)/reports/label_noise_check.csv &: notebooks/10-label-i
 $(1)/reports/interpretability.json: notebooks/06-interpretability.ipynb $(1)/label_drift.csv \
     $(1)/features/$(INTERPRET_MODEL).npy $(CONFIG) $(OUT)/.make/extraction $(OUT)/.make/models \
     $(SRC_INTERPRET) | $(VENV_OK)
-	$$(call papermill,06-interpretability,06-interpretability,-r model $(INTERPRET_MODEL) -r weights $(WEIGHTS) \
+	$$(call papermill,06-interpretability,06-interpretability,-r model $(call model_spec,$(INTERPRET_MODEL)) \
+	    -r weights $(WEIGHTS) $(MODEL_OPTIONS) \
 	    -r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
 	    -r clustering_labels_dir $(1)/clustering_labels -r drift_csv $(1)/label_drift.csv -r config $(CONFIG) \
 	    -r dataset_json $(1)/reports/dataset.json -r summary_json $(1)/reports/interpretability.json \
@@ -307,7 +326,8 @@ endef
 define model_rules
 $(1)/features/$(4).npy: notebooks/02-extract-features.ipynb $(1)/original_labels.csv $(3) $(OUT)/.make/extraction \
     $(SRC_EXTRACT) | $(VENV_OK) $(1)/reports/audit/confound.json
-	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(4) -r weights $(WEIGHTS) \
+	$$(call papermill,02-extract-features,02-extract-features-$(4),-r model $(call model_spec,$(4)) \
+	    -r weights $(WEIGHTS) $(MODEL_OPTIONS) \
 	    -r data_dir $(2) -r original_labels_csv $(1)/original_labels.csv -r features_dir $(1)/features \
 	    -p batch_size $(BATCH_SIZE) -p workers $(WORKERS) -r engine $(ENGINE) -r precision $(PRECISION) \
 	    -p max_bad_fraction $(MAX_BAD_FRACTION) -r scheduler "$(SCHEDULER)" -r cache_dir $(1)/cache,$(1))

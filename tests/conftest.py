@@ -29,10 +29,19 @@ WEIGHTS_MODELS_DIR = SHARED / "weights" / "keras" / "models"
 HEAVY_TIERS = ("notebook", "e2e", "dask", "int8", "shared")
 
 
+#: The longest test files, longest first: collected first, so that with pytest-xdist's one file to a
+#: process (``--dist loadfile``) the longest starts at once rather than last, while the other process
+#: works through the rest (it ran last, alphabetically, with the other process idle).
+LONGEST_FIRST = ("test_pipeline.py", "test_robustness.py", "test_executor.py", "test_notebooks.py", "test_bench.py",
+                 "test_clustering.py")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if any(item.get_closest_marker(tier) for tier in HEAVY_TIERS):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
 
 
 def _needs_shared(available: bool, reason: str):

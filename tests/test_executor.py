@@ -186,6 +186,38 @@ def test_extraction_and_clustering_on_a_cluster_equal_a_run_here(dask_cluster, d
 
 
 @pytest.mark.dask
+def test_a_model_file_on_a_cluster_gives_this_processs_features_and_a_changed_file_is_refused(
+        dask_cluster, demo_data, tmp_path):
+    import keras
+
+    from cxrcluster import models
+
+    address, _ = dask_cluster
+    root, labels_csv, _ = demo_data
+
+    def grey(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((64, 64, 1))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv")(inputs)
+        keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(x)).save(tmp_path / "grey.keras")
+
+    grey(0)
+    spec = models.get_backbone(str(tmp_path / "grey.keras"), preprocess="xray")
+    settings = {"batch_size": 8, "progress": False}
+    here, _ = features.extract_dataset(labels_csv, root, spec, "none", tmp_path / "here", **settings)
+    with executor.connect(address) as cluster:
+        there, provenance = features.extract_dataset(labels_csv, root, spec, "none", tmp_path / "there",
+                                                     cluster=cluster, shard_batches=3, **settings)
+        assert there.tobytes() == here.tobytes() and len(provenance["computed_by"]) == 7
+        assert provenance["weights_sha256"] == spec.sha256 and provenance["model"] == spec.name
+        grey(1)  # the file the workers would read is no longer the one checked here
+        with pytest.raises(Exception, match="changed since it was checked"):
+            features.extract_dataset(labels_csv, root, spec, "none", tmp_path / "stale", cluster=cluster,
+                                     shard_batches=3, **settings)
+    assert not (tmp_path / "stale").exists()
+
+
+@pytest.mark.dask
 def test_bad_images_on_a_cluster_are_reported_as_here(dask_cluster, tmp_path):
     address, _ = dask_cluster
     root = tmp_path / "data"

@@ -10,12 +10,13 @@ import shutil
 import subprocess
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import KERAS_HOME, SAMPLE_DIR, needs_sample, needs_weights
 
-from cxrcluster import demo, features, metrics, products
+from cxrcluster import demo, extraction_path, features, metrics, models, products
 from cxrcluster.paths import PROJECT_ROOT
 
 pytestmark = [pytest.mark.e2e]
@@ -59,21 +60,43 @@ def demo_run(tmp_path_factory):
     return SimpleNamespace(out=out, run=run)
 
 
+def whole_model_file(folder) -> tuple[str, str]:
+    """The shared ImageNet MobileNetV2-0.35 saved as a whole ``.keras`` model: its path and its name in tables."""
+    model, _ = models.build_backbone("MobileNetV2-0.35", "imagenet")
+    path = folder / "mobilenet-whole.keras"
+    model.save(path)
+    return str(path), models.model_name(str(path))
+
+
 @needs_sample
 @needs_weights
-def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
+def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path, tmp_path_factory):
     # a finished demo run (its own copy: the masked test adds to the original)
     shutil.copytree(demo_run.out, tmp_path, dirs_exist_ok=True, symlinks=True, ignore=shutil.ignore_patterns("masked"))
     out = f"OUT={tmp_path}"
     demo_rows = len(pd.read_csv(tmp_path / "original_labels.csv"))
+    # beside the registered backbone, the same network and weights as a whole model file
+    model_file, file_model = whole_model_file(tmp_path_factory.mktemp("models"))
+    both = (f"MODELS=MobileNetV2-0.35 {model_file}", "PREPROCESS=tf")
 
-    # new data, weights and labels: everything re-runs, nothing stale survives
-    make("all", out, f"DATA_DIR={SAMPLE_DIR}")  # and the shipped CONFIG
+    # new data, weights, labels and models: everything re-runs, nothing stale survives
+    make("all", out, f"DATA_DIR={SAMPLE_DIR}", *both)  # and the shipped CONFIG
     labels = pd.read_csv(tmp_path / "original_labels.csv")
     assert len(labels) == 300 != demo_rows
     results = pd.read_csv(tmp_path / "clustering_results.csv")
-    assert results["model"].unique().tolist() == ["MobileNetV2-0.35"]
+    assert results["model"].unique().tolist() == ["MobileNetV2-0.35", file_model]
     assert (results.loc[results["status"] == "ok", "n_images"] == 300).all()
+    # the whole model gives the registered backbone's features (within what the README states for the engines)
+    X = {m: np.load(tmp_path / "features" / f"{m}.npy") for m in ("MobileNetV2-0.35", file_model)}
+    paths = {m: features.read_provenance(tmp_path / "features", m)["precision"] for m in X}
+    if set(paths.values()) == {"fp32"}:
+        assert np.abs(X[file_model] - X["MobileNetV2-0.35"]).max() <= 1e-5 * np.abs(X["MobileNetV2-0.35"]).max()
+    else:
+        assert extraction_path.fidelity(X["MobileNetV2-0.35"], X[file_model])["median_centred_cosine"] >= 0.99
+    assert features.read_provenance(tmp_path / "features", file_model)["model_file"] == model_file
+    per_model = results.set_index(["model", "clustering"])["label_percentage_change"]
+    assert per_model.loc[file_model].to_dict() == pytest.approx(per_model.loc["MobileNetV2-0.35"].to_dict(), abs=1.0)
+    results_all, results = results, results[results["model"] == "MobileNetV2-0.35"]
     kmeans = results.set_index("clustering").loc["KMeans"]
     print(f"KMeans on the real sample: matched change {kmeans['label_percentage_change']:.1f}%, "
           f"raw change {kmeans['raw_label_change']:.1f}%, ARI {kmeans['ari']:.3f}, NMI {kmeans['nmi']:.3f}")
@@ -98,7 +121,9 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
     assert abs(rows.loc["AgglomerativeWard", "label_percentage_change"] - kmeans["label_percentage_change"]) <= 2 * wide
     for name in ("DBSCAN", "OPTICS", "HDBSCAN", "MeanShift"):
         assert rows.loc[name, "n_clusters"] >= 2 or rows.loc[name, "status"].startswith("degenerate: "), name
-    probe = products.CLASSIFICATION_RESULTS.read(root=tmp_path).set_index("model").loc["MobileNetV2-0.35"]
+    probes = products.CLASSIFICATION_RESULTS.read(root=tmp_path).set_index("model")
+    assert list(probes.index) == ["MobileNetV2-0.35", file_model]
+    probe = probes.loc["MobileNetV2-0.35"]
     assert probe["accuracy_mean"] == pytest.approx(0.913, abs=0.01 * wide)
     # disease or hospital: the sample's sources are read from its metadata.csv, nested in the classes
     assert (labels["source"] == labels["label"].map({"COVID": "hannover"}).fillna("guangzhou")).all()
@@ -106,7 +131,9 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
     assert kmeans["follows"] == "label" and kmeans["label_given_source"] > kmeans["label_given_source_chance"]
     assert probe["n_sources"] == 2 and probe["source_balanced_accuracy"] >= 0.95
     assert probe["within_source_balanced_accuracy"] == pytest.approx(WITHIN["probe"], abs=0.03 * wide)
-    within = products.WITHIN_SOURCE_RESULTS.read(root=tmp_path).set_index(["source", "clustering"])
+    within = products.WITHIN_SOURCE_RESULTS.read(root=tmp_path)
+    assert within["model"].unique().tolist() == ["MobileNetV2-0.35", file_model]
+    within = within[within["model"] == "MobileNetV2-0.35"].set_index(["source", "clustering"])
     assert set(within.index.get_level_values("source")) == {"guangzhou"}  # hannover holds one class only
     guangzhou = within.loc[("guangzhou", "KMeans")]
     print(f"KMeans within Guangzhou: {guangzhou['label_percentage_change']:.1f}% (chance "
@@ -114,7 +141,7 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
     assert guangzhou["n_images"] == 200 and guangzhou["classes"] == "NORMAL, PNEUMONIA"
     assert guangzhou["label_percentage_change"] == pytest.approx(WITHIN["change"], abs=3 * wide)
     assert guangzhou["chance_label_change"] == pytest.approx(WITHIN["chance"], abs=1.5 * wide)
-    for row in results[results["status"] == "ok"].itertuples():
+    for row in results_all[results_all["status"] == "ok"].itertuples():
         table = pd.read_csv(tmp_path / "clustering_labels" / f"{row.model}_{row.clustering}.csv")
         assert len(table) == 300
         # no run that says ok is degenerate
@@ -133,17 +160,18 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
     print(f"planted 5 %: ROC AUC {at5.round(3).to_dict()}")
     assert at5["combined"] >= max(at5["drift"], at5["cleanlab"]) and at5["random"] < 0.7
     issues = products.LABEL_ISSUES.read(root=tmp_path)
+    assert {f"cleanlab_quality_{m}" for m in X} <= set(issues.columns)
     assert issues["source_explained"].notna().all()  # known for every image, as the sources are
     assert len(issues) == 300 and issues["combined_score"].is_monotonic_decreasing
     # label drift: every share recomputed from the label CSVs of the combinations that ran
     drift = products.LABEL_DRIFT.read(root=tmp_path).set_index("image_name")
-    ok = results[results["status"] == "ok"]
+    ok = results_all[results_all["status"] == "ok"]
     changed = sum(pd.read_csv(tmp_path / "clustering_labels" / f"{r.model}_{r.clustering}.csv")
                   .set_index("image_name")["changed"].astype(int) for r in ok.itertuples())
     pd.testing.assert_series_equal((changed / len(ok)).sort_index(), drift["drift_share"].sort_index(),
                                    check_names=False)
-    for name in ["label_change_heatmap", "ari_heatmap", "walltime", "confusion_MobileNetV2-0.35",
-                 "embedding_MobileNetV2-0.35", "drift_gallery", "audit"]:
+    for name in ["label_change_heatmap", "ari_heatmap", "walltime", "drift_gallery", "audit",
+                 *(f"{kind}_{m}" for m in X for kind in ("confusion", "embedding", "probe_confusion"))]:
         assert (tmp_path / "reports" / "figures" / f"{name}.png").stat().st_size > 1000, name
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "SYNTHETIC" not in index and "label_drift.csv" in index and "04-report" in index
@@ -153,7 +181,7 @@ def test_make_all_demo_then_real_sample_then_nothing(demo_run, tmp_path):
 
     # Up to date: a second run executes no notebook. (Not `make -n`: a dry run cannot run the
     # value stamps, so it must assume they changed.)
-    again = make("all", out, f"DATA_DIR={SAMPLE_DIR}")
+    again = make("all", out, f"DATA_DIR={SAMPLE_DIR}", *both)
     assert "papermill" not in again.stdout, again.stdout
 
 

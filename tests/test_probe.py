@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxrcluster import data, probe
+from cxrcluster import data, features, images, models, probe
 
 
 @pytest.fixture
@@ -205,6 +205,18 @@ def test_finetune_scores_only_the_held_out_patients(tmp_path):
     assert result.metrics["f1_macro"] == pytest.approx(f1_score(truth, pred, average="macro", zero_division=0))
     assert set(result.history) == {"head", "finetune"} and len(result.history["head"]["loss"]) == 1
     assert int(result.confusion.to_numpy().sum()) == len(test_names)
+    # the fine-tuned backbone, saved and fed back as a whole model, gives its own pooled features
+    mode = result.save_backbone(tmp_path / "finetuned.keras")
+    spec = models.get_backbone(str(tmp_path / "finetuned.keras"), preprocess=mode)
+    assert mode == "tf" and spec.feature_dim == 1280 and "pooling" in spec.chosen
+    paths = data.resolve_image_paths(labels, root)[:3]
+    X, _ = features.extract_features(paths, spec, progress=False)
+    import keras
+
+    inner = next(layer for layer in result.model.layers if isinstance(layer, keras.Model))
+    x = np.stack([images.load_image(p, 224) for p in paths]) / 127.5 - 1.0
+    reference = np.asarray(inner(x))  # random weights: values near 1e-15, compared to their largest
+    np.testing.assert_allclose(X, reference, rtol=1e-3, atol=1e-4 * np.abs(reference).max())
 
 
 def test_a_probe_that_does_not_converge_is_counted_and_warned(fixture_data, monkeypatch):

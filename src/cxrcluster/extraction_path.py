@@ -37,7 +37,8 @@ path; ``auto`` applies the rule:
    machine's cache).
 
 A forced bf16 or int8 is checked as well, and used whatever the check says,
-with a warning when it fails. The choice, the rule's evidence and every
+with a warning when it fails. A model from a file that OpenVINO cannot convert
+runs on TensorFlow, with the converter's message in the notes. The choice, the rule's evidence and every
 check's figures go into the features' sidecar (``engine_choice``). Checks and
 quantised models are cached under ``<cache_dir>/engines/``, keyed by the
 model, its weights' SHA-256, library versions, the dataset (paths, sizes,
@@ -328,6 +329,7 @@ def select(model, backbone, the_plan: Plan, paths: Sequence[Path], *, batch_size
     """
     preprocess = backbone.preprocess_input()
     size = backbone.input_size
+    the_plan = _convertible(model, backbone, the_plan, preprocess, batch_size)
     record = {"rule": "cxrcluster.extraction_path (README: choosing the extraction path)",
               "requested": the_plan.requested, "evidence": the_plan.evidence, "notes": list(the_plan.notes),
               "checks": []}
@@ -362,6 +364,8 @@ def select(model, backbone, the_plan: Plan, paths: Sequence[Path], *, batch_size
                  "cpu": the_plan.evidence.get("cpu"), "cpu_flags": the_plan.evidence.get("cpu_flags"),
                  "engine": the_plan.engine, "check_version": CHECK_VERSION, "n_clusters": n_clusters,
                  "thresholds": [MIN_KMEANS_ARI, MIN_MEDIAN_CENTRED_COSINE]}
+    if getattr(backbone, "from_file", False):  # its feature layer and preprocessing change the features too
+        key_parts["model_file"] = backbone.describe()
     for candidate in lower:
         key = _cache_key(precision=candidate, **key_parts)
         folder = Path(cache_dir) / "engines" / f"{backbone.name}-{the_plan.engine}-{candidate}-{key[:16]}" \
@@ -402,6 +406,33 @@ def select(model, backbone, the_plan: Plan, paths: Sequence[Path], *, batch_size
                   reason=f"fp32: {', '.join(lower)} failed the check on this dataset")
     print(f"{backbone.name}: extracting in fp32 ({record['reason']})")
     return reference_forward, record
+
+
+def _convertible(model, backbone, the_plan: Plan, preprocess, batch_size: int) -> Plan:
+    """The plan, or TensorFlow's when OpenVINO cannot convert a model from a file (the reason in its notes).
+
+    The registered networks all convert (tests/test_engines.py); a user's model may hold operations
+    OpenVINO does not know. Forced OpenVINO still fails, with OpenVINO's message.
+    """
+    if the_plan.engine != "openvino" or not getattr(backbone, "from_file", False):
+        return the_plan
+    try:
+        engines.make_forward(model, preprocess, batch_size, backbone.input_size, "openvino", "fp32")
+    except engines.EngineUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the converter raises, TensorFlow runs the model
+        if the_plan.requested.get("engine") == "openvino":
+            raise
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        warnings.warn(f"OpenVINO could not convert {backbone.name} ({reason}); extracting with TensorFlow",
+                      stacklevel=3)
+        candidates = [c for c in the_plan.candidates if c != "int8"]
+        if the_plan.forced and not candidates:
+            raise
+        return Plan("tensorflow", candidates or ["fp32"], the_plan.forced, the_plan.requested,
+                    {**the_plan.evidence, "openvino_conversion": reason},
+                    the_plan.notes + [f"engine tensorflow: OpenVINO could not convert {backbone.name} ({reason})"])
+    return the_plan
 
 
 def _cached_check(folder: Path | None) -> dict | None:

@@ -64,11 +64,22 @@ class Backbone:
     weights_file: str
     kwargs: dict = field(default_factory=dict)
 
+    #: Grey images are repeated to three channels for every registered network.
+    channels = 3
+    from_file = False
+
     def preprocess_input(self):
         """Return the family's ``keras.applications.<family>.preprocess_input``."""
         import keras
 
         return getattr(keras.applications, self.family).preprocess_input
+
+    def describe(self) -> dict:
+        """The sidecar's record of the network and its input."""
+        return {"keras_constructor": f"keras.applications.{self.constructor}", "constructor_kwargs": self.kwargs,
+                "pooling": "global average", "input_size": [self.input_size, self.input_size, 3],
+                "preprocessing": {"function": f"keras.applications.{self.family}.preprocess_input",
+                                  "description": PREPROCESSING[self.preprocessing]}}
 
 
 _T = "_weights_tf_dim_ordering_tf_kernels"
@@ -92,16 +103,56 @@ class WeightsUnavailableError(RuntimeError):
     """The requested weights are neither cached nor downloadable."""
 
 
-def get_backbone(name: str) -> Backbone:
-    """Look a backbone up by name, with a clear error listing the known ones."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(BACKBONES)}") from None
+def get_backbone(spec, *, feature_layer: str | None = None, preprocess: str | None = None,
+                 input_size: int | None = None, modules=()):
+    """The backbone a MODELS entry names: a :class:`Backbone` of the registry, or a whole model file.
+
+    Parameters
+    ----------
+    spec : str, Backbone or cxrcluster.model_files.ModelFile
+        A registry name, a path to a ``.keras`` / ``.h5`` model or a SavedModel folder
+        (:func:`cxrcluster.model_files.resolve`, which takes the keyword options), or an
+        already resolved backbone (returned as it is).
+
+    Raises
+    ------
+    KeyError
+        An unknown name that is not a path, listing the known ones.
+    cxrcluster.model_files.ModelFileError
+        A model file that cannot be used, and why.
+    """
+    from cxrcluster import model_files
+
+    if isinstance(spec, (Backbone, model_files.ModelFile)):
+        return spec
+    if spec in BACKBONES:
+        return BACKBONES[spec]
+    if model_files.is_model_path(str(spec)):
+        return model_files.resolve(spec, feature_layer=feature_layer, preprocess=preprocess, input_size=input_size,
+                                   modules=modules)
+    raise KeyError(f"unknown model {spec!r}; known models: {', '.join(BACKBONES)}, or a path to a .keras or .h5 "
+                   "model or a SavedModel folder") from None
+
+
+def model_name(spec) -> str:
+    """The name a MODELS entry goes by in files and tables, without loading anything: a registry name as
+    it is, a model file's stem and hash (:func:`cxrcluster.model_files.file_model_name`)."""
+    from cxrcluster import model_files
+
+    if not isinstance(spec, str):
+        return spec.name
+    if spec in BACKBONES:
+        return spec
+    if model_files.is_model_path(spec):
+        if not Path(spec).exists():
+            raise FileNotFoundError(f"model file {spec!r} does not exist")
+        return model_files.file_model_name(spec)
+    raise KeyError(f"unknown model {spec!r}; known models: {', '.join(BACKBONES)}, or a path to a .keras or .h5 "
+                   "model or a SavedModel folder")
 
 
 def expand_models(spec: str | list[str]) -> list[str]:
-    """Turn a model list (``"ResNet50 VGG19"``, ``"all"``, or a list) into names.
+    """Turn a model list (``"ResNet50 VGG19"``, ``"all"``, or a list) into entries (names, or model paths).
 
     Unknown names raise ``KeyError`` naming them and the known ones.
     """
@@ -109,7 +160,7 @@ def expand_models(spec: str | list[str]) -> list[str]:
     if names == ["all"]:
         return list(BACKBONES)
     for name in names:
-        get_backbone(name)
+        model_name(name)
     return names
 
 
@@ -199,7 +250,15 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
     """
     import keras
 
+    from cxrcluster import model_files
+
     backbone = get_backbone(name)
+    if backbone.from_file:
+        return backbone.build(), {
+            "weights": "model file", "weights_file": backbone.path, "weights_sha256": backbone.sha256,
+            "trained": True, "weights_note": "the model file's own weights, not the registry's ImageNet weights: what they were "
+                            "trained on is the file's"}
+    name = backbone.name
     ctor = getattr(keras.applications, backbone.constructor)
     shape = (backbone.input_size, backbone.input_size, 3)
     kwargs = dict(include_top=False, pooling="avg", input_shape=shape, **backbone.kwargs)
@@ -229,15 +288,35 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
         if not path.is_file():
             raise FileNotFoundError(f"weights file {str(path)!r} for {name} does not exist")
         model = _built(ctor, seed, weights=None, **kwargs)
-        model.load_weights(str(path))
+        loaded = model_files.load_backbone_weights(model, path)
         provenance = {"weights": "file", "weights_file": str(path), "weights_sha256": sha256_file(path),
-                      "trained": True}
+                      "trained": True, **loaded,
+                      "weights_note": "weights from a file, not ImageNet's: what they were trained on is the file's "
+                                      "(a head or other layers in it are ignored, counted in tensors_ignored)"}
     return model, provenance
 
 
-def main() -> None:
-    """Print the registered model names, one per line (used by the Makefile)."""
-    print("\n".join(BACKBONES))
+def main(argv: list[str] | None = None) -> None:
+    """Print the registered model names, one per line; with ``--names ENTRY...``, each MODELS entry's name and
+    the entry, one pair per line (used by the Makefile, which names files by the first)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--names", nargs="*", metavar="ENTRY")
+    args = parser.parse_args(argv)
+    if args.names is None:
+        print("\n".join(BACKBONES))
+        return
+    try:
+        entries = expand_models(" ".join(args.names)) if args.names else []
+    except (KeyError, FileNotFoundError) as exc:
+        sys.exit(str(exc).strip('"'))
+    for entry in entries:
+        if any(c.isspace() or c in "=$#%:" for c in entry):
+            sys.exit(f"MODELS entry {entry!r}: make cannot carry a path with spaces or any of = $ # % :; "
+                     "link the file at a plain path and name that")
+        print(f"{model_name(entry)}={Path(entry).expanduser().resolve() if entry not in BACKBONES else entry}")
 
 
 if __name__ == "__main__":

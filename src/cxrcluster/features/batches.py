@@ -106,9 +106,9 @@ def _decoded_batches(paths: list[Path], size: int, batch_size: int, workers: int
 class _Extractor:
     """A backbone built once and compiled for one engine and precision, and its input size."""
 
-    def __init__(self, model_name: str, weights: str, seed: int, engine: str, precision: str, batch_size: int):
-        backbone = models.get_backbone(model_name)
-        model, self.weights_info = models.build_backbone(model_name, weights, seed=seed)
+    def __init__(self, model_name, weights: str, seed: int, engine: str, precision: str, batch_size: int):
+        backbone = models.get_backbone(model_name)  # a name, or a checked model file (built after its SHA-256 check)
+        model, self.weights_info = models.build_backbone(backbone, weights, seed=seed)
         self.size, self.batch_size = backbone.input_size, batch_size
         self.forward = engines.make_forward(model, backbone.preprocess_input(), batch_size, self.size,
                                             engine=engine, precision=precision)

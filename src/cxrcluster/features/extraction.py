@@ -32,7 +32,7 @@ from cxrcluster.features.store import save_features
 FORMAT_VERSION = 1
 
 
-def extract_features(paths: Sequence[Path], model_name: str, weights: str = "imagenet", *,
+def extract_features(paths: Sequence[Path], model, weights: str = "imagenet", *,
                      image_names: Sequence[str] | None = None, batch_size: int = 32, workers: int = 2,
                      max_bad_fraction: float = 0.05, seed: int = 0, progress: bool = True,
                      engine: str = "tensorflow", precision: str = "fp32",
@@ -45,8 +45,9 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
     ----------
     paths : sequence of pathlib.Path
         Image files, in the order of the output rows.
-    model_name : str
-        A key of :data:`cxrcluster.models.BACKBONES`.
+    model : str, cxrcluster.models.Backbone or cxrcluster.model_files.ModelFile
+        A key of :data:`cxrcluster.models.BACKBONES`, or a resolved backbone
+        (:func:`cxrcluster.models.get_backbone`: a whole model file among them).
     weights : str
         ``"imagenet"``, ``"none"`` or a weights file path; see
         :func:`cxrcluster.models.build_backbone`.
@@ -106,7 +107,7 @@ def extract_features(paths: Sequence[Path], model_name: str, weights: str = "ima
     import keras
     import tensorflow as tf
 
-    run = _plan_run(paths, model_name, weights, image_names=image_names, batch_size=batch_size, workers=workers,
+    run = _plan_run(paths, model, weights, image_names=image_names, batch_size=batch_size, workers=workers,
                     max_bad_fraction=max_bad_fraction, seed=seed, progress=progress, engine=engine,
                     precision=precision, on_cluster=cluster is not None, shard_batches=shard_batches,
                     cache_dir=cache_dir, n_clusters=n_clusters)
@@ -127,7 +128,7 @@ class _Run:
     names: list[str]
     model_name: str
     weights: str
-    backbone: models.Backbone
+    backbone: models.Backbone  # or a model_files.ModelFile
     plan: extraction_path.Plan  # the engine and the precisions to try (extraction_path.plan)
     batch_size: int
     workers: int
@@ -140,11 +141,13 @@ class _Run:
 
     def worker_settings(self) -> dict:
         """What a Dask worker builds its model from (:func:`extract_shard`): the plan's first precision."""
-        return {"model_name": self.model_name, "weights": self.weights, "seed": self.seed,
+        # a model file travels as its checked description (the worker checks its SHA-256)
+        model = self.backbone if self.backbone.from_file else self.model_name
+        return {"model_name": model, "weights": self.weights, "seed": self.seed,
                 "engine": self.plan.engine, "precision": self.plan.candidates[0], "batch_size": self.batch_size}
 
 
-def _plan_run(paths: Sequence[Path], model_name: str, weights: str, *, image_names: Sequence[str] | None,
+def _plan_run(paths: Sequence[Path], model, weights: str, *, image_names: Sequence[str] | None,
               batch_size: int, workers: int, max_bad_fraction: float, seed: int, progress: bool, engine: str,
               precision: str, on_cluster: bool, shard_batches: int, cache_dir: str | os.PathLike | None,
               n_clusters: int) -> _Run:
@@ -157,7 +160,8 @@ def _plan_run(paths: Sequence[Path], model_name: str, weights: str, *, image_nam
         raise ValueError(f"shard_batches must be at least 1, got {shard_batches}")
     the_plan = extraction_path.plan(engine, precision, on_cluster=on_cluster)  # before the model is built
     names = list(image_names) if image_names is not None else [Path(p).name for p in paths]
-    return _Run(list(paths), names, model_name, weights, models.get_backbone(model_name), the_plan, batch_size,
+    backbone = models.get_backbone(model)
+    return _Run(list(paths), names, backbone.name, weights, backbone, the_plan, batch_size,
                 workers, max_bad_fraction, seed, progress, shard_batches, cache_dir, n_clusters)
 
 
@@ -184,7 +188,7 @@ def _run_here(run: _Run, collected: _Collected) -> _Computed:
 
     paths, size = run.paths, run.backbone.input_size
     cache = decoded.DecodedImages(Path(run.cache_dir) / "decoded", paths, size) if run.cache_dir is not None else None
-    model, weights_info = models.build_backbone(run.model_name, run.weights, seed=run.seed)
+    model, weights_info = models.build_backbone(run.backbone, run.weights, seed=run.seed)
 
     def sample_images(rows: Sequence[int]) -> tuple[np.ndarray, list[str | None]]:
         if cache is not None and cache.complete():
@@ -237,21 +241,19 @@ def _provenance(run: _Run, collected: _Collected, computed: _Computed, seconds_t
                 versions: dict) -> dict:
     """The sidecar's record of a run (see the package docstring)."""
     backbone, n, elapsed = run.backbone, len(run.paths), computed.seconds_inference
+    described = backbone.describe()
     return {
         "format_version": FORMAT_VERSION,
         "model": run.model_name,
-        "keras_constructor": f"keras.applications.{backbone.constructor}",
-        "constructor_kwargs": backbone.kwargs,
+        **described,
         **computed.weights_info,
-        "input_size": [backbone.input_size, backbone.input_size, 3],
         "preprocessing": {
-            "function": f"keras.applications.{backbone.family}.preprocess_input",
-            "description": models.PREPROCESSING[backbone.preprocessing],
+            **described["preprocessing"],
             "image_input": "luminance 0-255 (16-bit rescaled by image range, alpha on black; DICOM through its "
                            "modality and VOI LUTs, MONOCHROME1 inverted), "
-                           "bilinear resize of the whole image (aspect not kept), repeated to 3 channels",
+                           "bilinear resize of the whole image (aspect not kept), "
+                           + ("one channel" if backbone.channels == 1 else "repeated to 3 channels"),
         },
-        "pooling": "global average",
         "feature_dim": backbone.feature_dim,
         "dtype": "float32",
         "engine": computed.choice["engine"],
@@ -287,7 +289,7 @@ def _versions(keras, tf) -> dict:
     return versions
 
 
-def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, model_name: str,
+def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, model,
                     weights: str, features_dir: str | os.PathLike, *, engine: str = "tensorflow",
                     precision: str = "fp32", **kwargs) -> tuple[np.ndarray, dict]:
     """Extract and save the features of every image listed in ``labels_csv``.
@@ -302,15 +304,17 @@ def extract_dataset(labels_csv: str | os.PathLike, data_dir: str | os.PathLike, 
     :func:`extract_features` returns.
     """
     extraction_path.plan(engine, precision, on_cluster=kwargs.get("cluster") is not None)
+    backbone = models.get_backbone(model)  # a model file is checked here, before any work
     labels = data.read_labels(labels_csv)
     paths = data.resolve_image_paths(labels, data_dir)
     if kwargs.get("cluster") is not None:  # the workers read the images themselves: can they?
         weights_file = [weights] if Path(weights).is_file() else []
+        weights_file += [backbone.path] if backbone.from_file else []
         executor.check_readable(kwargs["cluster"].client, [data_dir, *paths[:1], *paths[-1:], *weights_file])
     kwargs.setdefault("n_clusters", max(2, labels["label"].nunique()))
-    X, provenance = extract_features(paths, model_name, weights, image_names=list(labels["image_name"]),
+    X, provenance = extract_features(paths, backbone, weights, image_names=list(labels["image_name"]),
                                      engine=engine, precision=precision, **kwargs)
     provenance["labels_sha256"] = data.labels_fingerprint(labels["image_name"], labels["label"])
     provenance["data_dir"] = str(Path(data_dir).resolve())
-    save_features(X, provenance, features_dir, model_name)
+    save_features(X, provenance, features_dir, backbone.name)
     return X, provenance

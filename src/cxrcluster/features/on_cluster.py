@@ -43,6 +43,9 @@ def extract_shard(settings: dict, paths: Sequence[str], workers: int) -> dict:
         and ``worker`` (:func:`cxrcluster.executor.worker_description`).
     """
     key = tuple(sorted(settings.items()))
+    model = settings["model_name"]
+    if getattr(model, "from_file", False):
+        model.verify()  # the file may have changed since the worker built it: refuse rather than mix models
     with _WORKER_LOCK:
         if key not in _WORKER_EXTRACTOR:
             _WORKER_EXTRACTOR.clear()
@@ -73,7 +76,7 @@ def _extract_on(cluster: executor.Cluster, settings: dict, collected: _Collected
     shards: list[dict] = []
     gathered = 0
     try:
-        for i in executor.completed(cluster, futures, desc=f"{settings['model_name']} features",
+        for i in executor.completed(cluster, futures, desc=f"{getattr(settings['model_name'], 'name', settings['model_name'])} features",
                                     units=[b - a for a, b in bounds], unit="img", progress=progress):
             done[i] = futures[i].result()
             while gathered in done:  # in row order, so that bad images stop the run where a local run would
@@ -90,7 +93,7 @@ def _extract_on(cluster: executor.Cluster, settings: dict, collected: _Collected
     differing = {s["worker"] for s in shards if s["weights"].get("weights_sha256") != first["weights"].get(
         "weights_sha256")}
     if differing:
-        raise RuntimeError(f"the workers hold different weights for {settings['model_name']}: "
+        raise RuntimeError(f"the workers hold different weights for {first['weights'].get('weights_file')}: "
                            f"{first['worker']} has {first['weights'].get('weights_sha256')}, "
                            f"{', '.join(sorted(differing))} another; give every worker the same weights file")
     weights_info, engine_settings = first["weights"], first["engine_settings"]

@@ -45,6 +45,26 @@ class FinetuneResult(NamedTuple):
     history: dict
     model: object
 
+    def save_backbone(self, path) -> str:
+        """Save the fine-tuned backbone (without the head) as a whole Keras model, to extract features with.
+
+        Feed it back as ``make all MODELS="<path>" PREPROCESS=<the returned mode>``: its features are the
+        backbone's pooled output, and the mode is the preprocessing it was trained with.
+
+        Returns
+        -------
+        str
+            The ``PREPROCESS`` mode (:data:`cxrcluster.model_files.PREPROCESS`) of the backbone.
+        """
+        import keras
+
+        from cxrcluster import models
+
+        backbone = next(layer for layer in self.model.layers if isinstance(layer, keras.Model))
+        backbone.save(path)
+        kind = models.get_backbone(self.metrics["model"]).preprocessing
+        return "raw" if kind == "none" else kind
+
 
 def held_out_split(labels, groups=None, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into train and test, stratified, and grouped by patient when possible.

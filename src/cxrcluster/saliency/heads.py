@@ -24,14 +24,15 @@ from sklearn.preprocessing import StandardScaler
 from cxrcluster import models
 
 
-def _head_input(backbone_name: str, weights: str, seed: int, backbone):
+def _head_input(backbone_name, weights: str, seed: int, backbone):
+    """Images in 0-255, three channels (a one-channel model's preprocessing keeps one), through the backbone."""
     spec = models.get_backbone(backbone_name)
     if backbone is None:
-        backbone, _ = models.build_backbone(backbone_name, weights, seed=seed)
+        backbone, _ = models.build_backbone(spec, weights, seed=seed)
     size = spec.input_size
     inputs = keras.Input((size, size, 3), name="image_0_255")
     x = keras.layers.Lambda(spec.preprocess_input(), name="preprocess_input")(inputs)
-    return inputs, backbone(x)
+    return inputs, backbone(x), spec.name
 
 
 def classifier_model(backbone_name: str, weights: str, W: np.ndarray, b: np.ndarray, seed: int = 0,
@@ -40,8 +41,9 @@ def classifier_model(backbone_name: str, weights: str, W: np.ndarray, b: np.ndar
 
     Parameters
     ----------
-    backbone_name : str
-        A key of :data:`cxrcluster.models.BACKBONES`.
+    backbone_name : str or a resolved backbone
+        A key of :data:`cxrcluster.models.BACKBONES`, or what
+        :func:`cxrcluster.models.get_backbone` returns (a whole model file among them).
     weights : str
         As for :func:`cxrcluster.models.build_backbone`: the weights the
         probe's features were extracted with.
@@ -64,14 +66,14 @@ def classifier_model(backbone_name: str, weights: str, W: np.ndarray, b: np.ndar
     """
     W = np.asarray(W, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
-    inputs, features = _head_input(backbone_name, weights, seed, backbone)
+    inputs, features, name = _head_input(backbone_name, weights, seed, backbone)
     if W.shape != (features.shape[-1], b.shape[0]):
         raise ValueError(f"W of shape {W.shape} and b of shape {b.shape} do not fit {features.shape[-1]} features")
     dense = keras.layers.Dense(W.shape[1], name="probe")
     logits = dense(features)
     dense.set_weights([W, b])
     outputs = keras.layers.Softmax(name="probabilities")(logits)
-    return keras.Model(inputs, outputs, name=f"{backbone_name}-probe")
+    return keras.Model(inputs, outputs, name=f"{name}-probe")
 
 
 class CentroidScores(keras.layers.Layer):
@@ -157,7 +159,7 @@ def cluster_score_model(backbone_name: str, weights: str, centroids: np.ndarray,
     """
     if score not in ("margin", "distance", "linear"):
         raise ValueError(f"score must be 'margin', 'distance' or 'linear', not {score!r}")
-    inputs, z = _head_input(backbone_name, weights, seed, backbone)
+    inputs, z, name = _head_input(backbone_name, weights, seed, backbone)
     if preparation is not None:
         W, b = (np.asarray(a, dtype=np.float32) for a in preparation)
         dense = keras.layers.Dense(W.shape[1], name="preparation")
@@ -170,7 +172,7 @@ def cluster_score_model(backbone_name: str, weights: str, centroids: np.ndarray,
         raise ValueError(f"centroids of shape {centroids.shape} do not fit prepared features of {z.shape[-1]} "
                          "dimensions")
     scores = CentroidScores(centroids, score=score, name="cluster_scores")(z)
-    return keras.Model(inputs, scores, name=f"{backbone_name}-cluster-scores")
+    return keras.Model(inputs, scores, name=f"{name}-cluster-scores")
 
 
 def preparation_dense(scaler: StandardScaler | None = None, pca: PCA | None = None,
