@@ -513,6 +513,7 @@ def test_umap_preparation_is_seeded_and_recorded():
         clustering.prepare_features(X, {"umap": {"n_components": 0}})
 
 
+@pytest.mark.slow  # imports umap: in a fresh environment pynndescent compiles its own cached functions first
 def test_umaps_compiled_code_is_kept_for_the_next_process():
     """umap compiles most functions without numba's cache: the preparation turns it on (20 s a process)."""
     from numba.core.dispatcher import Dispatcher

@@ -50,6 +50,7 @@ def direct(model_output, paths, size, scale, channels):
 
 
 # ---- a weights file with a head ---------------------------------------------------------------
+@pytest.mark.slow  # a full-size network built and saved: these six tests take about 40 s
 def test_keras3_saving_paths_are_those_keras_writes(tmp_path, source):
     backbone = source
     backbone.save_weights(tmp_path / "b.weights.h5")
@@ -70,6 +71,7 @@ def with_head(backbone, n=14):
     return keras.Model(backbone.input, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["legacy h5 (Keras 2 save_weights)", "keras3 flat", "keras3 nested"])
 def test_a_weights_file_with_a_head_loads_the_backbone_and_ignores_the_head(tmp_path, form, source):
     path = tmp_path / ("chexnet.h5" if form.startswith("legacy") else "chexnet.weights.h5")
@@ -107,6 +109,7 @@ def test_a_densenet121_chexnet_style_weights_file_loads(tmp_path):
     assert prov["tensors_ignored"] == 2 and prov["tensors_loaded"] == len(source.weights)
 
 
+@pytest.mark.slow
 def test_a_weights_file_missing_or_misshaping_backbone_layers_is_refused_naming_them(tmp_path, source):
     path = tmp_path / "w.h5"
     from keras.src.legacy.saving import legacy_h5_format

@@ -77,6 +77,7 @@ def test_missing_imagenet_weights_stop_with_a_message_naming_the_way_out(monkeyp
         assert needle in msg
 
 
+@pytest.mark.slow  # three full-size builds
 def test_weights_file_path_loads_those_weights(tmp_path):
     with pytest.warns(UserWarning):
         source, _ = models.build_backbone("MobileNetV2-0.35", "none", seed=1)
