@@ -214,22 +214,24 @@ def _built(constructor, seed: int, **kwargs):
         return constructor(**kwargs)
 
 
-def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
+def build_backbone(name, weights: str = "imagenet", seed: int = 0):
     """Build a backbone as a feature extractor (no top, global average pooling).
 
     Parameters
     ----------
-    name : str
-        A key of :data:`BACKBONES`.
+    name : str, Backbone or cxrcluster.model_files.ModelFile
+        A key of :data:`BACKBONES`, or a resolved backbone (:func:`get_backbone`). A whole model
+        file is built from its own weights (``weights`` and ``seed`` are not used), after its
+        SHA-256 is checked against the one it was resolved with.
     weights : str
         ``"imagenet"`` (through Keras' download-and-cache, so
         ``$KERAS_HOME/models`` serves offline copies), ``"none"`` (random
         initialisation from ``seed``: the features are meaningless and a
-        warning says so), or a path to a Keras weights file for this
-        architecture.
+        warning says so), or a path to a weights file for this architecture,
+        which may also hold a head or other layers
+        (:func:`cxrcluster.model_files.load_backbone_weights`).
     seed : int
-        Seed of the random initialisation (it also decides the weights of
-        layers a partial weights file does not cover).
+        Seed of the random initialisation.
 
     Returns
     -------
@@ -247,6 +249,8 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int = 0):
         names the file, the cache folder, ``KERAS_HOME`` and ``WEIGHTS=none``.
     FileNotFoundError
         When a weights path does not exist.
+    cxrcluster.model_files.ModelFileError
+        A weights file without every backbone layer at its shape (named), or a changed model file.
     """
     import keras
 
