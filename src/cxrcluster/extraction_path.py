@@ -329,13 +329,19 @@ def select(model, backbone, the_plan: Plan, paths: Sequence[Path], *, batch_size
     """
     preprocess = backbone.preprocess_input()
     size = backbone.input_size
-    the_plan = _convertible(model, backbone, the_plan, preprocess, batch_size)
+    the_plan, converted = _convertible(model, backbone, the_plan, preprocess, batch_size)
+
+    def fp32_forward() -> engines.Forward:  # the one _convertible compiled, if any, is used rather than made again
+        nonlocal converted
+        forward, converted = converted, None
+        return forward or engines.make_forward(model, preprocess, batch_size, size, the_plan.engine, "fp32")
+
     record = {"rule": "cxrcluster.extraction_path (README: choosing the extraction path)",
               "requested": the_plan.requested, "evidence": the_plan.evidence, "notes": list(the_plan.notes),
               "checks": []}
     lower = [c for c in the_plan.candidates if c != "fp32"]
     if not lower:
-        forward = engines.make_forward(model, preprocess, batch_size, size, the_plan.engine, "fp32")
+        forward = fp32_forward()
         record.update(engine=the_plan.engine, precision="fp32", reason="fp32: " + the_plan.notes[-1].split(": ", 1)[1])
         return forward, record
 
@@ -353,10 +359,10 @@ def select(model, backbone, the_plan: Plan, paths: Sequence[Path], *, batch_size
             return forward, record
         if the_plan.forced:
             raise ValueError(f"precision int8 was forced, but {too_few}")
-        forward = engines.make_forward(model, preprocess, batch_size, size, the_plan.engine, "fp32")
+        forward = fp32_forward()
         record.update(engine=the_plan.engine, precision="fp32", reason=f"fp32: {too_few}")
         return forward, record
-    reference_forward = engines.make_forward(model, preprocess, batch_size, size, the_plan.engine, "fp32")
+    reference_forward = fp32_forward()
     reference = reference_forward(check_images)
     overlap = bool(np.intersect1d(calibration_rows, check_rows).size)
     key_parts = {"model": backbone.name, "weights_sha256": weights_sha256, "versions": _versions(),
@@ -408,16 +414,18 @@ def select(model, backbone, the_plan: Plan, paths: Sequence[Path], *, batch_size
     return reference_forward, record
 
 
-def _convertible(model, backbone, the_plan: Plan, preprocess, batch_size: int) -> Plan:
-    """The plan, or TensorFlow's when OpenVINO cannot convert a model from a file (the reason in its notes).
+def _convertible(model, backbone, the_plan: Plan, preprocess, batch_size: int
+                 ) -> tuple[Plan, engines.Forward | None]:
+    """The plan, or TensorFlow's when OpenVINO cannot convert a model from a file (the reason in its notes),
+    and the OpenVINO fp32 forward pass compiled to find out (None when none was).
 
     The registered networks all convert (tests/test_engines.py); a user's model may hold operations
     OpenVINO does not know. Forced OpenVINO still fails, with OpenVINO's message.
     """
     if the_plan.engine != "openvino" or not getattr(backbone, "from_file", False):
-        return the_plan
+        return the_plan, None
     try:
-        engines.make_forward(model, preprocess, batch_size, backbone.input_size, "openvino", "fp32")
+        converted = engines.make_forward(model, preprocess, batch_size, backbone.input_size, "openvino", "fp32")
     except engines.EngineUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the converter raises, TensorFlow runs the model
@@ -431,8 +439,9 @@ def _convertible(model, backbone, the_plan: Plan, preprocess, batch_size: int) -
             raise
         return Plan("tensorflow", candidates or ["fp32"], the_plan.forced, the_plan.requested,
                     {**the_plan.evidence, "openvino_conversion": reason},
-                    the_plan.notes + [f"engine tensorflow: OpenVINO could not convert {backbone.name} ({reason})"])
-    return the_plan
+                    the_plan.notes + [f"engine tensorflow: OpenVINO could not convert {backbone.name} ({reason})"]
+                    ), None
+    return the_plan, converted
 
 
 def _cached_check(folder: Path | None) -> dict | None:

@@ -62,10 +62,15 @@ def sha256_path(path: str | os.PathLike) -> str:
     for p in files:
         if p is not path:
             h.update(p.relative_to(path).as_posix().encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _update(h, p)
     return h.hexdigest()
+
+
+def _update(h, path) -> None:
+    """Feed a file to a hash, read in chunks."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def file_model_name(path: str | os.PathLike, sha256: str | None = None) -> str:
@@ -336,8 +341,7 @@ class ModelFile:
         key = (self.sha256, self.feature_layer, self.input_size, self.modules)
         if key in _LOADED:  # resolve() loaded it in this process a moment ago: loading again costs seconds
             return _LOADED.pop(key)
-        model, _, _ = _extractor(Path(self.path), self.kind, self.feature_layer, self.input_size, self.channels,
-                                 self.modules)
+        model, _, _ = _extractor(Path(self.path), self.kind, self.feature_layer, self.input_size, self.modules)
         return model
 
 
@@ -358,8 +362,7 @@ def _import_modules(modules) -> None:
                 from None
 
 
-def _extractor(path: Path, kind: str, feature_layer: str | None, input_size: int | None, channels: int | None,
-               modules=()):
+def _extractor(path: Path, kind: str, feature_layer: str | None, input_size: int | None, modules=()):
     """Load the model and cut it at its feature layer: (extractor, chosen in words, pooled)."""
     import keras
 
@@ -442,7 +445,7 @@ def resolve(spec: str | os.PathLike, *, feature_layer: str | None = None, prepro
     if preprocess not in PREPROCESS:
         raise ModelFileError(f"unknown PREPROCESS={preprocess!r}; choose one of {', '.join(PREPROCESS)}")
     sha = sha256_path(path)
-    model, chosen, pooled = _extractor(path, kind, feature_layer or None, input_size, None, tuple(modules))
+    model, chosen, pooled = _extractor(path, kind, feature_layer or None, input_size, tuple(modules))
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[3] not in (1, 3):
         raise ModelFileError(f"{path.name} takes inputs of shape {shape[1:]}: expected (height, width, 1 or 3)")

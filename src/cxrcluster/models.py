@@ -12,7 +12,6 @@ This module imports Keras lazily, so listing the registry
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Iterator
@@ -174,12 +173,10 @@ def keras_cache_dir() -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 hex digest of a file, read in chunks (:func:`cxrcluster.model_files.sha256_path`)."""
+    from cxrcluster import model_files
+
+    return model_files.sha256_path(path)
 
 
 @contextmanager
